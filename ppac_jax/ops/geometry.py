@@ -1,0 +1,151 @@
+"""Window geometry shared by every PAC op: sizes, padding, zero insertion, tap slicing.
+
+All arrays are NHWC. A "tap" is one offset ``(i, j)`` of a ``kh x kw`` window; for an output
+position ``(y, x)`` it reads the padded input at ``(y * sh + i * dh, x * sw + j * dw)``.
+This module is the only place that knows that formula.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence, Tuple, Union
+
+import jax.numpy as jnp
+from jax import lax
+
+IntOrPair = Union[int, Sequence[int]]
+Pair = Tuple[int, int]
+
+
+def as_pair(value: IntOrPair, name: str) -> Pair:
+    """Return ``value`` as a pair of Python ints, raising ``ValueError`` naming ``name``."""
+    if isinstance(value, (int,)) and not isinstance(value, bool):
+        return (int(value), int(value))
+    try:
+        pair = tuple(int(v) for v in value)  # type: ignore[union-attr]
+    except TypeError:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def check_kernel_size(kernel_size: IntOrPair, name: str = "kernel_size") -> Pair:
+    """Validate a window size: positive and odd in both dimensions."""
+    k = as_pair(kernel_size, name)
+    if min(k) < 1 or k[0] % 2 == 0 or k[1] % 2 == 0:
+        raise ValueError(f"{name} must be odd and positive in both dimensions, got {kernel_size!r}")
+    return k
+
+
+def check_positive(value: IntOrPair, name: str) -> Pair:
+    v = as_pair(value, name)
+    if min(v) < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return v
+
+
+def check_non_negative(value: IntOrPair, name: str) -> Pair:
+    v = as_pair(value, name)
+    if min(v) < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return v
+
+
+def check_rank(array, rank: int, name: str, layout: str) -> None:
+    """Raise if ``array`` does not have ``rank`` dimensions (``layout`` names them)."""
+    if getattr(array, "ndim", None) != rank:
+        shape = getattr(array, "shape", None)
+        raise ValueError(f"{name} must have rank {rank} ({layout}), got shape {shape}")
+
+
+def conv_output_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
+    """Output length of a (PAC) convolution along one axis."""
+    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+def transposed_output_size(size: int, k: int, stride: int, padding: int,
+                           output_padding: int, dilation: int) -> int:
+    """Output length of a transposed (PAC) convolution along one axis."""
+    return (size - 1) * stride - 2 * padding + dilation * (k - 1) + 1 + output_padding
+
+
+def transposed_input_size(size: int, k: int, stride: int, padding: int,
+                          output_padding: int, dilation: int) -> int:
+    """Input length of a transposed convolution whose output has length ``size``."""
+    return (size - output_padding - 1 - (k - 1) * dilation + 2 * padding) // stride + 1
+
+
+def transposed_pads(k: int, padding: int, output_padding: int, dilation: int) -> Tuple[int, int]:
+    """(low, high) padding applied to the zero-inserted input of a transposed convolution.
+
+    Negative values crop (padding larger than ``(k - 1) * dilation``).
+    """
+    low = (k - 1) * dilation - padding
+    return low, low + output_padding
+
+
+def pad_spatial(x, pads: Sequence[Tuple[int, int]]):
+    """Zero-pad (or crop, for negative pads) the two spatial axes of an NHWC array."""
+    if all(p == (0, 0) for p in pads):
+        return x
+    zero = jnp.zeros((), x.dtype)
+    return lax.pad(x, zero, [(0, 0, 0), (pads[0][0], pads[0][1], 0),
+                             (pads[1][0], pads[1][1], 0), (0, 0, 0)])
+
+
+def zero_insert_and_pad(x, stride: Pair, pads: Sequence[Tuple[int, int]]):
+    """Insert ``stride - 1`` zeros between samples, then pad (or crop) each spatial axis.
+
+    This is the input of the stride-1 convolution that a transposed convolution equals.
+    x: ``[B, H, W, C]`` -> ``[B, (H-1)*sh + 1 + lo_h + hi_h, (W-1)*sw + 1 + lo_w + hi_w, C]``.
+    """
+    zero = jnp.zeros((), x.dtype)
+    return lax.pad(x, zero, [(0, 0, 0), (pads[0][0], pads[0][1], stride[0] - 1),
+                             (pads[1][0], pads[1][1], stride[1] - 1), (0, 0, 0)])
+
+
+def tap_slice(x_pad, tap: Pair, out_size: Pair, stride: Pair, dilation: Pair):
+    """The samples that tap ``(i, j)`` reads for every output position.
+
+    x_pad: ``[B, Hp, Wp, C]`` (already padded) -> ``[B, Ho, Wo, C]``.
+    """
+    i, j = tap
+    start = (0, i * dilation[0], j * dilation[1], 0)
+    limit = (x_pad.shape[0], start[1] + (out_size[0] - 1) * stride[0] + 1,
+             start[2] + (out_size[1] - 1) * stride[1] + 1, x_pad.shape[3])
+    return lax.slice(x_pad, start, limit, (1, stride[0], stride[1], 1))
+
+
+def scatter_tap(update, padded_shape: Sequence[int], tap: Pair, stride: Pair, dilation: Pair):
+    """Adjoint of :func:`tap_slice`: place ``update`` ``[B, Ho, Wo, C]`` on the padded grid."""
+    i, j = tap
+    ho, wo = update.shape[1], update.shape[2]
+    lo = (i * dilation[0], j * dilation[1])
+    hi = (padded_shape[1] - lo[0] - (ho - 1) * stride[0] - 1,
+          padded_shape[2] - lo[1] - (wo - 1) * stride[1] - 1)
+    zero = jnp.zeros((), update.dtype)
+    return lax.pad(update, zero, [(0, 0, 0), (lo[0], hi[0], stride[0] - 1),
+                                  (lo[1], hi[1], stride[1] - 1), (0, 0, 0)])
+
+
+def taps(kernel_size: Pair) -> Iterator[Pair]:
+    """All window offsets in row-major order (the order of the kernel's ``kh, kw`` axes)."""
+    for i in range(kernel_size[0]):
+        for j in range(kernel_size[1]):
+            yield (i, j)
+
+
+def extract_windows(x_pad, kernel_size: Pair, out_size: Pair, stride: Pair, dilation: Pair):
+    """All windows of a padded input via ``lax.conv_general_dilated_patches``.
+
+    x_pad: ``[B, Hp, Wp, C]`` -> ``[B, Ho, Wo, kh, kw, C]``. Exact (one-hot filters at HIGHEST
+    precision), but holds ``kh * kw`` copies of the input.
+    """
+    b, _, _, c = x_pad.shape
+    patches = lax.conv_general_dilated_patches(
+        x_pad, kernel_size, stride, "VALID", rhs_dilation=dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=lax.Precision.HIGHEST)
+    patches = patches[:, :out_size[0], :out_size[1]]
+    # The patch axis is ordered (C, kh, kw).
+    patches = patches.reshape(b, out_size[0], out_size[1], c, kernel_size[0], kernel_size[1])
+    return jnp.moveaxis(patches, 3, -1)

@@ -1,0 +1,239 @@
+"""The adapting kernel K(f_i, f_j) of pixel-adaptive convolution."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ppac_jax.ops import geometry as geo
+
+KERNEL_TYPES = ("gaussian", "inv")
+# Added to the squared distance of `inv` kernels before the power (reference value).
+_INV_EPS = 1e-4
+
+
+def compute_dtype(*arrays):
+    """float32 for half-precision inputs, otherwise the inputs' (promoted) float type."""
+    dtype = jnp.result_type(*[a for a in arrays if a is not None])
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.float32
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_padding=0,
+               transposed=False, kernel_type="gaussian", asym=False, inv_alpha=None,
+               inv_lambda=None, smooth_kernel=None, channel_wise=False, normalize=False,
+               mask=None) -> Tuple[jax.Array, Optional[jax.Array]]:
+    """Adapting kernel of a PAC op, computed from guidance features.
+
+    For output position i and window tap j, with squared feature distance
+    ``x = sum_c (relu if asym)(f_j - f_i)_c ** 2`` (per channel if ``channel_wise``)::
+
+        gaussian:  K = exp(-x / 2)
+        inv:       K = inv_alpha + (x + 1e-4) ** (inv_lambda / 2)
+
+    (``inv`` grows with distance: this is the reference's formula, kept for checkpoint parity.)
+    The guidance is zero padded, so out-of-image taps see feature 0 unless ``mask`` or
+    ``normalize`` removes them.
+
+    Args:
+      guide: ``[B, H, W, D]`` guidance features. For ``transposed=True`` they live on the
+        *output* grid of the transposed convolution.
+      kernel_size: odd int or pair ``(kh, kw)``.
+      stride, padding, dilation, output_padding: geometry of the PAC op the kernel is for
+        (ints or pairs; ``output_padding`` only for ``transposed``).
+      transposed: build the kernel of a transposed PAC op.
+      kernel_type: ``"gaussian"`` or ``"inv"``.
+      asym: keep only positive feature differences (``relu``) before squaring.
+      inv_alpha, inv_lambda: required for ``"inv"``; shape ``()``, or ``[D]`` when
+        ``channel_wise``. Differentiable.
+      smooth_kernel: optional ``[sh, sw]`` (odd) filter; the centre feature f_i becomes the guide
+        cross-correlated with it (zero padding) at the window centre.
+      channel_wise: keep one kernel per guidance channel.
+      normalize: divide by the kernel's sum over the window (taps outside the input excluded).
+      mask: optional ``[B, h_in, w_in, 1]`` 0/1 validity of the op's *input* samples (for
+        ``transposed`` the low-resolution grid). Invalid taps get K = 0; without ``normalize``
+        K is rescaled by the inverse fraction of valid taps.
+
+    Returns:
+      ``(kernel, output_mask)``: kernel ``[B, Ho, Wo, kh, kw]`` (``[B, Ho, Wo, kh, kw, D]`` when
+      ``channel_wise``); output_mask ``[B, Ho, Wo, 1]`` (``[..., D]`` channel-wise) float 0/1,
+      0 where a window holds no valid sample, or ``None`` when no ``mask`` is given.
+    """
+    geo.check_rank(guide, 4, "guide", "B, H, W, D")
+    k = geo.check_kernel_size(kernel_size)
+    s = geo.check_positive(stride, "stride")
+    p = geo.check_non_negative(padding, "padding")
+    d = geo.check_positive(dilation, "dilation")
+    op = geo.check_non_negative(output_padding, "output_padding")
+    if kernel_type not in KERNEL_TYPES:
+        raise ValueError(f"kernel_type must be one of {KERNEL_TYPES}, got {kernel_type!r}")
+    if op != (0, 0) and not transposed:
+        raise ValueError("output_padding is only meaningful with transposed=True")
+    batch, height, width, depth = guide.shape
+    size = (height, width)
+
+    if transposed:
+        in_size = tuple(geo.transposed_input_size(size[a], k[a], s[a], p[a], op[a], d[a])
+                        for a in range(2))
+        expected = tuple(geo.transposed_output_size(in_size[a], k[a], s[a], p[a], op[a], d[a])
+                         for a in range(2))
+        if min(in_size) < 1 or expected != size:
+            raise ValueError(
+                f"guide spatial size {size} is not the output size of a transposed convolution "
+                f"with kernel_size={k}, stride={s}, padding={p}, output_padding={op}, "
+                f"dilation={d}: (h_in - 1) * s - 2p + d * (k - 1) + 1 + output_padding")
+        out_size = size
+        guide_stride = (1, 1)
+        guide_pad = tuple((k[a] - 1) * d[a] // 2 for a in range(2))
+    else:
+        in_size = size
+        out_size = tuple(geo.conv_output_size(size[a], k[a], s[a], p[a], d[a]) for a in range(2))
+        if min(out_size) < 1:
+            raise ValueError(f"guide spatial size {size} is too small for kernel_size={k}, "
+                             f"dilation={d}, padding={p}")
+        guide_stride = s
+        guide_pad = p
+
+    alpha = lam = None
+    if kernel_type == "inv":
+        if inv_alpha is None or inv_lambda is None:
+            raise ValueError('kernel_type="inv" requires inv_alpha and inv_lambda')
+        alpha = _check_inv_param(inv_alpha, "inv_alpha", depth, channel_wise)
+        lam = _check_inv_param(inv_lambda, "inv_lambda", depth, channel_wise)
+
+    if mask is not None:
+        geo.check_rank(mask, 4, "mask", "B, h_in, w_in, 1")
+        if mask.shape != (batch, *in_size, 1):
+            raise ValueError(f"mask must have shape {(batch, *in_size, 1)} (the op's input grid), "
+                             f"got {mask.shape}")
+
+    dtype = compute_dtype(guide, smooth_kernel, alpha, lam)
+    guide = guide.astype(dtype)
+    guide_padded = geo.pad_spatial(guide, [(guide_pad[0],) * 2, (guide_pad[1],) * 2])
+
+    centre_offset = tuple((k[a] // 2) * d[a] - guide_pad[a] for a in range(2))
+    if smooth_kernel is None:
+        centre = geo.tap_slice(guide_padded, (k[0] // 2, k[1] // 2), out_size, guide_stride, d)
+    else:
+        centre = _smoothed_centre(guide, jnp.asarray(smooth_kernel, dtype), out_size,
+                                  guide_stride, centre_offset)
+
+    values = []
+    for tap in geo.taps(k):
+        diff = geo.tap_slice(guide_padded, tap, out_size, guide_stride, d) - centre
+        if asym:
+            diff = jax.nn.relu(diff)
+        sq = diff * diff
+        values.append(sq if channel_wise else jnp.sum(sq, axis=-1))
+    dist = jnp.stack(values, axis=3)
+    dist = dist.reshape(batch, *out_size, k[0], k[1], *dist.shape[4:])
+
+    if kernel_type == "gaussian":
+        kern = jnp.exp(-0.5 * dist)
+    else:
+        kern = alpha + (dist + _INV_EPS) ** (0.5 * lam)
+
+    output_mask = None
+    if mask is not None or normalize:
+        pattern = _input_taps(jnp.ones((1, *in_size, 1), dtype), k, out_size, s, p, op, d,
+                              transposed)
+        valid = pattern if mask is None else _input_taps(mask.astype(dtype), k, out_size, s, p,
+                                                         op, d, transposed)
+        kern = kern * (valid[..., None] if channel_wise else valid)
+        if normalize:
+            norm = jnp.sum(kern, axis=(3, 4), keepdims=True)
+            kern = kern / (norm + (norm == 0).astype(dtype))
+        if mask is not None:
+            valid_count = jnp.sum(valid, axis=(3, 4))
+            real_count = jnp.sum(pattern, axis=(3, 4))
+            # Fraction of real taps that are valid; 0 (not 0/0) for windows with no real tap.
+            ratio = jnp.where(real_count == 0, 0,
+                              valid_count / jnp.where(real_count == 0, 1, real_count))
+            ratio = jnp.broadcast_to(ratio, (batch, *out_size))
+            if not normalize:
+                r = ratio[:, :, :, None, None]
+                r = r[..., None] if channel_wise else r
+                kern = kern / (r + (r == 0).astype(dtype))
+            output_mask = (ratio != 0).astype(dtype)[..., None]
+            if channel_wise:
+                output_mask = jnp.broadcast_to(output_mask, (batch, *out_size, depth))
+    return kern, output_mask
+
+
+def parse_kernel_type(name: str) -> dict:
+    """Parse the original's kernel-type strings.
+
+    ``"gaussian"`` -> ``{"kernel_type": "gaussian", "asym": False, ...}``;
+    ``"inv_{alpha}_{lambda}[_asym][_fixed]"`` -> ``kernel_type="inv"`` with ``inv_alpha``,
+    ``inv_lambda`` (floats, the initial values), ``asym`` and ``fixed`` (not learnable).
+    """
+    parts = name.split("_")
+    if parts == ["gaussian"]:
+        return dict(kernel_type="gaussian", asym=False, fixed=False, inv_alpha=None,
+                    inv_lambda=None)
+    if parts[0] == "inv" and len(parts) >= 3 and set(parts[3:]) <= {"asym", "fixed"}:
+        try:
+            alpha, lam = float(parts[1]), float(parts[2])
+        except ValueError:
+            alpha = lam = None
+        if alpha is not None:
+            return dict(kernel_type="inv", asym="asym" in parts[3:], fixed="fixed" in parts[3:],
+                        inv_alpha=alpha, inv_lambda=lam)
+    raise ValueError(f'kernel_type must be "gaussian" or "inv_{{alpha}}_{{lambda}}[_asym][_fixed]", '
+                     f"got {name!r}")
+
+
+def _check_inv_param(value, name, depth, channel_wise):
+    value = jnp.asarray(value)
+    if value.shape == () or (channel_wise and value.shape == (depth,)):
+        return value
+    allowed = "() or [D]" if channel_wise else "()"
+    raise ValueError(f"{name} must have shape {allowed} (D = {depth} guide channels), "
+                     f"got {value.shape}")
+
+
+def _smoothed_centre(guide, smooth_kernel, out_size, stride, offset):
+    """Guide cross-correlated with ``smooth_kernel`` (zero padding) at the window centres.
+
+    The centre of output position y is input position ``y * stride + offset``.
+    guide ``[B, H, W, D]`` -> ``[B, Ho, Wo, D]``.
+    """
+    if smooth_kernel.ndim != 2 or smooth_kernel.shape[0] % 2 == 0 or smooth_kernel.shape[1] % 2 == 0:
+        raise ValueError(f"smooth_kernel must be a 2-D array of odd size [sh, sw], "
+                         f"got shape {smooth_kernel.shape}")
+    sk = smooth_kernel.shape
+    depth = guide.shape[-1]
+    pads = []
+    for a in range(2):
+        lo = sk[a] // 2 - offset[a]
+        hi = (out_size[a] - 1) * stride[a] + sk[a] - guide.shape[1 + a] - lo
+        pads.append((lo, hi))
+    padded = geo.pad_spatial(guide, pads)
+    rhs = jnp.broadcast_to(smooth_kernel[:, :, None, None], (*sk, 1, depth))
+    return lax.conv_general_dilated(
+        padded, rhs, stride, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=depth, precision=lax.Precision.HIGHEST)
+
+
+def _input_taps(values, k, out_size, stride, padding, output_padding, dilation, transposed):
+    """Per-window view of a ``[B', h_in, w_in, 1]`` map on the op's input grid.
+
+    Taps outside the input (and, for transposed ops, on inserted zeros) read 0.
+    Returns ``[B', Ho, Wo, kh, kw]``.
+    """
+    if transposed:
+        pads = [geo.transposed_pads(k[a], padding[a], output_padding[a], dilation[a])
+                for a in range(2)]
+        padded = geo.zero_insert_and_pad(values, stride, pads)
+        tap_stride = (1, 1)
+    else:
+        padded = geo.pad_spatial(values, [(padding[0],) * 2, (padding[1],) * 2])
+        tap_stride = stride
+    cols = [geo.tap_slice(padded, tap, out_size, tap_stride, dilation)[..., 0]
+            for tap in geo.taps(k)]
+    cols = jnp.stack(cols, axis=3)
+    return cols.reshape(values.shape[0], *out_size, k[0], k[1])

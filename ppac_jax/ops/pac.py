@@ -1,0 +1,279 @@
+"""Pixel-adaptive convolution, transposed convolution and pooling with a given kernel.
+
+Every op here is one *windowed product*::
+
+    y[b, o, :] = sum over taps t of  K[b, o, t] * (W[t] applied to x_pad[b, window(o, t), :])
+
+with two interchangeable implementations:
+
+* ``"patches"``: extract all windows (``lax.conv_general_dilated_patches``) and contract.
+  Simple, but holds ``kh * kw`` copies of the input (and of its gradient).
+* ``"shifted"``: loop over the taps, each a strided slice times ``K[..., t]`` followed by a
+  1x1 contraction, accumulated in place. A custom VJP recomputes the slices in the backward
+  pass, so forward and backward memory are ``O(B * H * W * C)`` whatever the kernel size.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from ppac_jax.ops import geometry as geo
+from ppac_jax.ops.kernel import compute_dtype
+
+IMPLS = ("auto", "patches", "shifted")
+# `auto` uses `patches` only while its window tensor stays this small (bytes).
+_AUTO_PATCHES_MAX_BYTES = 1 << 20
+
+
+class _Geometry(NamedTuple):
+    kernel_size: geo.Pair
+    out_size: geo.Pair
+    stride: geo.Pair
+    dilation: geo.Pair
+    dense: bool          # weight [kh, kw, C, O]; otherwise one scalar per tap [kh, kw]
+    channel_wise: bool   # kernel has a trailing channel axis
+
+
+def pac_conv2d(x, kernel, weight, bias=None, *, stride=1, padding=0, dilation=1,
+               shared_filters=False, impl="auto"):
+    """Pixel-adaptive convolution with a precomputed adapting kernel.
+
+    ``y[b, o, :] = sum_{t, c} x_pad[b, o*s + t*d, c] * K[b, o, t] * W[t, c, :] + bias``
+    (zero padding). With ``K = 1`` this is ``lax.conv_general_dilated``.
+
+    Args:
+      x: ``[B, H, W, Cin]`` input.
+      kernel: ``[B, Ho, Wo, kh, kw]`` adapting kernel, or ``[B, Ho, Wo, kh, kw, Cin]``
+        (channel-wise), e.g. from :func:`ppac_jax.ops.pac_kernel` with the same geometry.
+      weight: ``[kh, kw, Cin, Cout]`` (HWIO), or ``[kh, kw, 1, 1]`` when ``shared_filters``
+        (one filter applied to every channel; then Cout = Cin).
+      bias: optional ``[Cout]``.
+      stride, padding, dilation: ints or pairs.
+      shared_filters: see ``weight``.
+      impl: ``"auto"``, ``"patches"`` or ``"shifted"``.
+
+    Returns:
+      ``[B, Ho, Wo, Cout]`` with ``Ho = (H + 2p - d(kh - 1) - 1) // s + 1`` (same for W).
+    """
+    geo.check_rank(x, 4, "x", "B, H, W, Cin")
+    k = _check_weight(weight, x.shape[-1], shared_filters)
+    s = geo.check_positive(stride, "stride")
+    p = geo.check_non_negative(padding, "padding")
+    d = geo.check_positive(dilation, "dilation")
+    out_size = tuple(geo.conv_output_size(x.shape[1 + a], k[a], s[a], p[a], d[a]) for a in range(2))
+    if min(out_size) < 1:
+        raise ValueError(f"x spatial size {x.shape[1:3]} is too small for kernel_size={k}, "
+                         f"dilation={d}, padding={p}")
+    channel_wise = _check_kernel(kernel, x.shape[0], out_size, k, x.shape[-1])
+    x_pad = geo.pad_spatial(x, [(p[0], p[0]), (p[1], p[1])])
+    g = _Geometry(k, out_size, s, d, not shared_filters, channel_wise)
+    w = weight if not shared_filters else weight[:, :, 0, 0]
+    y = windowed_product(x_pad, kernel, w, g, impl)
+    return _add_bias(y, bias)
+
+
+def pac_conv_transpose2d(x, kernel, weight, bias=None, *, stride=1, padding=0, output_padding=0,
+                         dilation=1, shared_filters=False, impl="auto"):
+    """Pixel-adaptive transposed convolution with a precomputed adapting kernel.
+
+    The input is zero-inserted (``stride - 1`` zeros between samples), padded by
+    ``(k - 1) d - p`` (plus ``output_padding`` at the end), and PAC-convolved with stride 1.
+    The weight is **not** flipped: with ``K = 1`` this equals
+    ``lax.conv_transpose(x, weight, stride, [((k-1)d - p, (k-1)d - p + op)] * 2,
+    rhs_dilation=d)`` (``transpose_kernel=False``), i.e. PyTorch's ``conv_transpose2d`` of the
+    spatially flipped weight; the reference implementation behaves the same way.
+
+    Args:
+      x: ``[B, h, w, Cin]`` low-resolution input.
+      kernel: ``[B, Ho, Wo, kh, kw]`` (or ``[..., Cin]`` channel-wise) on the output grid, e.g.
+        ``pac_kernel(guide, k, ..., transposed=True)``.
+      weight: ``[kh, kw, Cin, Cout]``, or ``[kh, kw, 1, 1]`` when ``shared_filters``.
+        (From PyTorch's ``[Cin, Cout, kh, kw]``: ``transpose(2, 3, 0, 1)``.)
+      bias: optional ``[Cout]``.
+      stride, padding, output_padding, dilation: ints or pairs; ``output_padding`` must be
+        smaller than ``stride`` or ``dilation``. ``padding > (k - 1) d`` crops.
+
+    Returns:
+      ``[B, Ho, Wo, Cout]`` with ``Ho = (h - 1) s - 2p + d (kh - 1) + 1 + output_padding``.
+    """
+    geo.check_rank(x, 4, "x", "B, h, w, Cin")
+    k = _check_weight(weight, x.shape[-1], shared_filters)
+    s = geo.check_positive(stride, "stride")
+    p = geo.check_non_negative(padding, "padding")
+    d = geo.check_positive(dilation, "dilation")
+    op = geo.check_non_negative(output_padding, "output_padding")
+    for a in range(2):
+        if op[a] >= max(s[a], d[a]):
+            raise ValueError(f"output_padding must be smaller than stride or dilation, got "
+                             f"output_padding={op}, stride={s}, dilation={d}")
+    out_size = tuple(geo.transposed_output_size(x.shape[1 + a], k[a], s[a], p[a], op[a], d[a])
+                     for a in range(2))
+    if min(out_size) < 1:
+        raise ValueError(f"x spatial size {x.shape[1:3]} gives an empty output for "
+                         f"kernel_size={k}, stride={s}, padding={p}")
+    channel_wise = _check_kernel(kernel, x.shape[0], out_size, k, x.shape[-1])
+    pads = [geo.transposed_pads(k[a], p[a], op[a], d[a]) for a in range(2)]
+    x_dil = geo.zero_insert_and_pad(x, s, pads)
+    g = _Geometry(k, out_size, (1, 1), d, not shared_filters, channel_wise)
+    w = weight if not shared_filters else weight[:, :, 0, 0]
+    y = windowed_product(x_dil, kernel, w, g, impl)
+    return _add_bias(y, bias)
+
+
+def pac_pool2d(x, kernel, *, kernel_size, stride=1, padding=0, dilation=1, impl="auto"):
+    """Pixel-adaptive pooling: ``y[b, o, c] = sum_t x_pad[b, o*s + t*d, c] * K[b, o, t(, c)]``.
+
+    With ``K = 1`` this is *sum* pooling over the zero-padded window; with the normalised kernel
+    of a constant guide it is average pooling that excludes padding.
+
+    Args:
+      x: ``[B, H, W, C]``.
+      kernel: ``[B, Ho, Wo, kh, kw]`` or ``[B, Ho, Wo, kh, kw, C]`` (channel-wise).
+      kernel_size: odd int or pair.
+      stride, padding, dilation: ints or pairs.
+
+    Returns:
+      ``[B, Ho, Wo, C]``.
+    """
+    geo.check_rank(x, 4, "x", "B, H, W, C")
+    k = geo.check_kernel_size(kernel_size)
+    s = geo.check_positive(stride, "stride")
+    p = geo.check_non_negative(padding, "padding")
+    d = geo.check_positive(dilation, "dilation")
+    out_size = tuple(geo.conv_output_size(x.shape[1 + a], k[a], s[a], p[a], d[a]) for a in range(2))
+    if min(out_size) < 1:
+        raise ValueError(f"x spatial size {x.shape[1:3]} is too small for kernel_size={k}, "
+                         f"dilation={d}, padding={p}")
+    channel_wise = _check_kernel(kernel, x.shape[0], out_size, k, x.shape[-1])
+    x_pad = geo.pad_spatial(x, [(p[0], p[0]), (p[1], p[1])])
+    g = _Geometry(k, out_size, s, d, False, channel_wise)
+    ones = jnp.ones(k, compute_dtype(x, kernel))
+    return windowed_product(x_pad, kernel, ones, g, impl)
+
+
+# --------------------------------------------------------------------------------------------
+# validation helpers
+
+
+def _check_weight(weight, in_channels, shared_filters):
+    geo.check_rank(weight, 4, "weight", "kh, kw, Cin, Cout")
+    k = geo.check_kernel_size(weight.shape[:2], "weight kernel size (weight.shape[:2])")
+    if shared_filters:
+        if weight.shape[2:] != (1, 1):
+            raise ValueError(f"with shared_filters=True weight must be [kh, kw, 1, 1], "
+                             f"got {weight.shape}")
+    elif weight.shape[2] != in_channels:
+        raise ValueError(f"weight input channels (weight.shape[2] = {weight.shape[2]}) must "
+                         f"equal x channels ({in_channels})")
+    return k
+
+
+def _check_kernel(kernel, batch, out_size, k, channels):
+    """Validate the adapting kernel's shape; return whether it is channel-wise."""
+    expected = (batch, *out_size, *k)
+    if getattr(kernel, "ndim", None) not in (5, 6) or tuple(kernel.shape[:5]) != expected:
+        raise ValueError(f"kernel must have shape {expected} ([B, Ho, Wo, kh, kw], optionally "
+                         f"with a trailing channel axis), got {getattr(kernel, 'shape', None)}")
+    if kernel.ndim == 6 and kernel.shape[5] != channels:
+        raise ValueError(f"channel-wise kernel's last axis ({kernel.shape[5]}) must equal x "
+                         f"channels ({channels})")
+    return kernel.ndim == 6
+
+
+def _add_bias(y, bias):
+    if bias is None:
+        return y
+    if getattr(bias, "shape", None) != (y.shape[-1],):
+        raise ValueError(f"bias must have shape ({y.shape[-1]},), got {getattr(bias, 'shape', None)}")
+    return y + bias.astype(y.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# the windowed product
+
+
+def windowed_product(x_pad, kernel, weight, g: _Geometry, impl: str = "auto"):
+    """Dispatch the windowed product to an implementation.
+
+    x_pad ``[B, Hp, Wp, C]`` (padded / zero-inserted); kernel ``[B, Ho, Wo, kh, kw(, C)]``;
+    weight ``[kh, kw, C, O]`` (dense) or ``[kh, kw]`` -> ``[B, Ho, Wo, O or C]``.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        impl = choose_impl(x_pad.shape, g.kernel_size, g.out_size, jnp.dtype(x_pad.dtype).itemsize)
+    out_dtype = jnp.result_type(x_pad, kernel, weight)
+    dtype = compute_dtype(x_pad, kernel, weight)
+    x_pad, kernel, weight = x_pad.astype(dtype), kernel.astype(dtype), weight.astype(dtype)
+    if impl == "patches":
+        y = _patches_product(x_pad, kernel, weight, g)
+    else:
+        y = _shifted_product(x_pad, kernel, weight, g)
+    return y.astype(out_dtype)
+
+
+def choose_impl(x_shape, kernel_size, out_size, itemsize=4) -> str:
+    """Pick ``patches`` for tiny problems, where it is cheapest, and ``shifted`` otherwise."""
+    window_bytes = x_shape[0] * out_size[0] * out_size[1] * x_shape[-1] * kernel_size[0] \
+        * kernel_size[1] * itemsize
+    return "patches" if window_bytes <= _AUTO_PATCHES_MAX_BYTES else "shifted"
+
+
+def _patches_product(x_pad, kernel, weight, g: _Geometry):
+    windows = geo.extract_windows(x_pad, g.kernel_size, g.out_size, g.stride, g.dilation)
+    weighted = windows * (kernel if g.channel_wise else kernel[..., None])
+    if g.dense:
+        return jnp.einsum("bhwijc,ijco->bhwo", weighted, weight)
+    return jnp.einsum("bhwijc,ij->bhwc", weighted, weight)
+
+
+def _tap_kernel(kernel, tap, channel_wise):
+    k_t = kernel[:, :, :, tap[0], tap[1]]
+    return k_t if channel_wise else k_t[..., None]
+
+
+def _tap_forward(x_t, k_t, w_t, dense):
+    weighted = x_t * k_t
+    return weighted @ w_t if dense else weighted * w_t
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _shifted_product(x_pad, kernel, weight, g: _Geometry):
+    acc = None
+    for tap in geo.taps(g.kernel_size):
+        x_t = geo.tap_slice(x_pad, tap, g.out_size, g.stride, g.dilation)
+        term = _tap_forward(x_t, _tap_kernel(kernel, tap, g.channel_wise), weight[tap], g.dense)
+        acc = term if acc is None else acc + term
+    return acc
+
+
+def _shifted_fwd(x_pad, kernel, weight, g):
+    return _shifted_product(x_pad, kernel, weight, g), (x_pad, kernel, weight)
+
+
+def _shifted_bwd(g, residuals, ct):
+    x_pad, kernel, weight = residuals
+    d_x = jnp.zeros_like(x_pad)
+    d_kernel, d_weight = [], []
+    for tap in geo.taps(g.kernel_size):
+        x_t = geo.tap_slice(x_pad, tap, g.out_size, g.stride, g.dilation)
+        k_t = _tap_kernel(kernel, tap, g.channel_wise)
+        if g.dense:
+            ct_in = ct @ weight[tap].T                                  # [B, Ho, Wo, C]
+            d_weight.append(jnp.einsum("bhwc,bhwo->co", x_t * k_t, ct))
+        else:
+            ct_in = ct * weight[tap]
+            d_weight.append(jnp.sum(x_t * k_t * ct))
+        d_k = x_t * ct_in
+        d_kernel.append(d_k if g.channel_wise else jnp.sum(d_k, axis=-1))
+        d_x = d_x + geo.scatter_tap(ct_in * k_t, x_pad.shape, tap, g.stride, g.dilation)
+    d_kernel = jnp.stack(d_kernel, axis=3).reshape(kernel.shape)
+    d_weight = jnp.stack(d_weight).reshape(weight.shape)
+    return d_x, d_kernel, d_weight
+
+
+_shifted_product.defvjp(_shifted_fwd, _shifted_bwd)
