@@ -58,6 +58,9 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
         ``transposed`` the low-resolution grid). Invalid taps get K = 0; without ``normalize``
         K is rescaled by the inverse fraction of valid taps.
 
+    Computation is in float32 (or float64) even for half-precision guides; the results have the
+    guide's dtype.
+
     Returns:
       ``(kernel, output_mask)``: kernel ``[B, Ho, Wo, kh, kw]`` (``[B, Ho, Wo, kh, kw, D]`` when
       ``channel_wise``); output_mask ``[B, Ho, Wo, 1]`` (``[..., D]`` channel-wise) float 0/1,
@@ -111,6 +114,7 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
             raise ValueError(f"mask must have shape {(batch, *in_size, 1)} (the op's input grid), "
                              f"got {mask.shape}")
 
+    out_dtype = jnp.result_type(guide)
     dtype = compute_dtype(guide, smooth_kernel, alpha, lam)
     guide = guide.astype(dtype)
     guide_padded = geo.pad_spatial(guide, [(guide_pad[0],) * 2, (guide_pad[1],) * 2])
@@ -161,6 +165,9 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
             output_mask = (ratio != 0).astype(dtype)[..., None]
             if channel_wise:
                 output_mask = jnp.broadcast_to(output_mask, (batch, *out_size, depth))
+    kern = kern.astype(out_dtype)
+    if output_mask is not None:
+        output_mask = output_mask.astype(out_dtype)
     return kern, output_mask
 
 
