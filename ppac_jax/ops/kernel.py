@@ -44,7 +44,7 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
         *output* grid of the transposed convolution.
       kernel_size: odd int or pair ``(kh, kw)``.
       stride, padding, dilation, output_padding: geometry of the PAC op the kernel is for
-        (ints or pairs; ``output_padding`` only for ``transposed``).
+        (ints or pairs; ``output_padding`` is ignored unless ``transposed``, as in the original).
       transposed: build the kernel of a transposed PAC op.
       kernel_type: ``"gaussian"`` or ``"inv"``.
       asym: keep only positive feature differences (``relu``) before squaring.
@@ -74,8 +74,6 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
     op = geo.check_non_negative(output_padding, "output_padding")
     if kernel_type not in KERNEL_TYPES:
         raise ValueError(f"kernel_type must be one of {KERNEL_TYPES}, got {kernel_type!r}")
-    if op != (0, 0) and not transposed:
-        raise ValueError("output_padding is only meaningful with transposed=True")
     batch, height, width, depth = guide.shape
     size = (height, width)
 
