@@ -434,7 +434,7 @@ def infer_ppacnet_config(state_dict: Mapping[str, np.ndarray]) -> dict:
     return config
 
 
-def load_ppacnet(path_or_state_dict, *, prefix: str | None = None, dtype=None):
+def load_ppacnet(path_or_state_dict, *, prefix: str | None = None, dtype=None, **kwargs):
     """A ready :class:`~ppac_jax.nn.PPacNet` from a released PPAC checkpoint.
 
     Args:
@@ -443,6 +443,7 @@ def load_ppacnet(path_or_state_dict, *, prefix: str | None = None, dtype=None):
       prefix: stripped from the keys; default: ``"module.refinement_net."`` when the keys
         carry it, else none.
       dtype: cast the weights (e.g. ``jnp.float64``); default: keep the checkpoint's dtype.
+      **kwargs: further constructor options (e.g. ``impl="patches"``).
 
     Returns:
       ``PPacNet`` (``PacNetAdvancedNormalization`` for a state dict without ``network_prob``)
@@ -459,5 +460,5 @@ def load_ppacnet(path_or_state_dict, *, prefix: str | None = None, dtype=None):
         stripped = {k: np.asarray(v).astype(dtype) for k, v in stripped.items()}
     config = infer_ppacnet_config(stripped)
     cls = PPacNet if "depth_layers_prob" in config else PacNetAdvancedNormalization
-    net = cls(**config)
+    net = cls(**config, **kwargs)
     return load_torch_weights(net, stripped)
