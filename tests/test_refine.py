@@ -179,11 +179,8 @@ def test_shipped_flow_samples_end_to_end(tmp_path, checkpoint, list_name, crop, 
     assert 1e-4 < change < 2.0
 
 
-def test_shipped_segmentation_sample_end_to_end(tmp_path, capsys):
-    _real_or_skip()
-    ckpt = shared_or_skip("checkpoints", "segmentation_refinement_pascal.pth")
-    sample = shared_or_skip("sample_data")
-    # Synthetic logits built from the label (the golden files' recipe): a shifted label plus waves.
+def _synthetic_voc_logits(sample):
+    """`[H, W, 21]` logits built from the label by the golden files' recipe (shifted label + waves)."""
     labels = io.read_label_png(sample / "segmentation" / "2007_003788.png").astype(np.int64)
     h, w = labels.shape
     y, x = np.mgrid[:h, :w].astype(np.float64)
@@ -192,9 +189,36 @@ def test_shipped_segmentation_sample_end_to_end(tmp_path, capsys):
     c = np.arange(21)[:, None, None]
     logits = (np.sin(2 * np.pi * (c + 1) * (x + 0.5) / w + 0.7 * c)
               * np.cos(2 * np.pi * (0.5 * c + 1) * (y + 0.5) / h) + 4.0 * (shifted == c))
+    return np.moveaxis(logits, 0, -1).astype(np.float32)
+
+
+def test_network_inputs_match_the_reference():
+    """Image normalisation, estimates and segmentation log-probabilities equal the golden inputs."""
+    sample = shared_or_skip("sample_data")
+    golden = np.load(shared_or_skip("golden", "ppacnet_flow_refinement_sintel_clean_crop48x96_f32.npz"))
+    meta = json.loads(str(golden["meta"]))
+    (y, x), (h, w) = meta["crop_yx"], meta["crop_hw"]
+    image = refine.normalize_image(io.read_image(sample / meta["image_file"]))[y:y + h, x:x + w]
+    np.testing.assert_array_equal(image, golden["in_images"][0].transpose(1, 2, 0))
+    flow = io.read_hd3_estimate(sample / meta["flow_file"], channels=2)[y:y + h, x:x + w]
+    np.testing.assert_array_equal(flow, golden["in_estimates"][0].transpose(1, 2, 0))
+
+    golden = np.load(shared_or_skip("golden", "ppacnet_segmentation_refinement_pascal_crop32x40_f32.npz"))
+    meta = json.loads(str(golden["meta"]))
+    (y, x), (h, w) = meta["crop_yx"], meta["crop_hw"]
+    logits = _synthetic_voc_logits(sample)[y:y + h, x:x + w]
+    np.testing.assert_allclose(logits, golden["in_estimates"][0].transpose(1, 2, 0), atol=1e-6)
+    np.testing.assert_allclose(refine.log_softmax_probabilities(logits),
+                               golden["in_log_probabilities"][0].transpose(1, 2, 0), atol=2e-6)
+
+
+def test_shipped_segmentation_sample_end_to_end(tmp_path, capsys):
+    _real_or_skip()
+    ckpt = shared_or_skip("checkpoints", "segmentation_refinement_pascal.pth")
+    sample = shared_or_skip("sample_data")
     estimates = tmp_path / "est" / "images"
     estimates.mkdir(parents=True)
-    np.save(estimates / "2007_003788.npy", np.moveaxis(logits, 0, -1).astype(np.float32))
+    np.save(estimates / "2007_003788.npy", _synthetic_voc_logits(sample))
     summary = refine.main(["--checkpoint", str(ckpt), "--list",
                            str(sample / "lists" / "Pascal_sample.txt"), "--estimates",
                            str(tmp_path / "est"), "--out", str(tmp_path / "out"),
