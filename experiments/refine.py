@@ -92,26 +92,27 @@ def load_model(path: str):
 
 
 def model_channels(net):
-    """`(estimate channels, confidence levels)` of a PPacNet, from its original-named weights."""
+    """`(estimate channels, confidence levels or None)` of a PPAC net, from its original-named weights."""
     from ppac_jax.convert import export_torch_weights
     weights = export_torch_weights(net)
-    try:
-        estimate_channels = int(weights["layers_joint.0.bias"].shape[0])
-        levels = int(weights["network_prob.0.weight"].shape[1])
-    except KeyError as e:
-        raise InputError(f"the checkpoint is not a PPacNet with a probability branch (no {e})") from None
-    return estimate_channels, levels
+    if "layers_joint.0.bias" not in weights:
+        raise InputError("the checkpoint is not a PPAC refinement network (no layers_joint.0.bias)")
+    estimate_channels = int(weights["layers_joint.0.bias"].shape[0])
+    # PacNetAdvancedNormalization has no probability branch and ignores confidences.
+    prob = weights.get("network_prob.0.weight")
+    return estimate_channels, (None if prob is None else int(prob.shape[1]))
+
+
+_jitted_apply = None
 
 
 def make_refiner(net):
     """A jitted `(estimates, log_probabilities, images) -> refined` for `[1, H, W, C]` inputs."""
-    from flax import nnx
-
-    @nnx.jit
-    def refine(model, estimates, log_probabilities, images):
-        return model(estimates, log_probabilities, images)
-
-    return lambda e, lp, im: np.asarray(refine(net, e, lp, im))
+    global _jitted_apply
+    if _jitted_apply is None:  # one jitted function: nets of one architecture share compilations
+        from flax import nnx
+        _jitted_apply = nnx.jit(lambda model, e, lp, im: model(e, lp, im))
+    return lambda e, lp, im: np.asarray(_jitted_apply(net, e, lp, im))
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -197,7 +198,10 @@ def refine_flow(sample: Sample, refiner, levels: int, args, warned: dict) -> dic
     if image.shape[:2] != estimate.shape[:2]:
         raise InputError(f"{sample.estimate}: estimate is {estimate.shape[:2]} but image "
                          f"{sample.image} is {image.shape[:2]}")
-    if sample.confidence and os.path.isfile(sample.confidence):
+    if levels is None:  # the network takes no confidences
+        prob = np.ones(image.shape[:2] + (1,), np.float32)
+        source = "unused"
+    elif sample.confidence and os.path.isfile(sample.confidence):
         prob = center_crop(io.read_hd3_confidence(sample.confidence), args.crop)
         if prob.shape != image.shape[:2] + (levels,):
             raise InputError(f"{sample.confidence}: expected confidences of shape "
@@ -390,8 +394,9 @@ def _run(args) -> dict:
     net = load_model(args.checkpoint)
     estimate_channels, levels = model_channels(net)
     task = "flow" if estimate_channels == 2 else "segmentation"
-    print(f"checkpoint {args.checkpoint}: {task} refinement "
-          f"({estimate_channels} estimate channels, {levels} confidence channels)")
+    print(f"checkpoint {args.checkpoint}: {type(net).__name__}, {task} refinement "
+          f"({estimate_channels} estimate channels, "
+          f"{'no' if levels is None else levels} confidence channels)")
 
     if args.list is not None:
         samples = samples_from_list(args.list, args.root, args.estimates, task)
