@@ -87,8 +87,8 @@ def load_model(path: str):
         return load_ppacnet(path)
     except FileNotFoundError:
         raise InputError(f"checkpoint not found: {path}") from None
-    except (ValueError, KeyError, OSError, EOFError) as e:
-        raise InputError(f"cannot load checkpoint {path}: {e}") from None
+    except Exception as e:  # any failure to parse a user's file is reported as one line
+        raise InputError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from None
 
 
 def model_channels(net):
@@ -311,8 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.refine",
         description="Refine flow or segmentation estimates with a pretrained PPacNet.",
-        epilog="Without a confidence file a uniform confidence is used (--uniform-confidence); "
-               "see the module docstring for file layouts.")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example (the shipped Sintel sample; look at the *_panel.png it writes):\n"
+               "  python -m experiments.refine \\\n"
+               "      --checkpoint ../shared/checkpoints/flow_refinement_sintel_clean.pth \\\n"
+               "      --list ../shared/sample_data/lists/MPISintel_sample.txt --out outputs/refine\n\n"
+               "Without a _prob.npy confidence file a uniform confidence is used\n"
+               "(--uniform-confidence, default 1.0: the PPAC layers then act as normalised PAC).\n"
+               "File layouts: see the docstring of experiments/refine.py.")
     parser.add_argument("--checkpoint", required=True,
                         help="shipped .pth (e.g. flow_refinement_sintel_clean.pth) or ppac-jax checkpoint")
     source = parser.add_argument_group("a list of samples")
@@ -358,6 +364,11 @@ def _check_args(parser, args) -> None:
         parser.error(f"--limit must be positive, got {args.limit}")
     if not os.path.isfile(args.checkpoint) and not os.path.isdir(args.checkpoint):
         parser.error(f"checkpoint not found: {args.checkpoint}")
+    # Cheap checks before the (slow) model load.
+    for flag in ("list", "image", "estimate", "confidence", "gt", "mask"):
+        path = getattr(args, flag)
+        if path is not None and not os.path.isfile(path):
+            parser.error(f"--{flag} file not found: {path}")
 
 
 def _summary(records: List[dict], task: str, confusion) -> dict:

@@ -113,9 +113,13 @@ def test_bad_arguments_give_one_line(tmp_path, fake_flow_net, capsys):
     with pytest.raises(SystemExit) as exit_info:
         refine.main(["--checkpoint", str(tmp_path / "nope.pth"), "--image", "a", "--estimate", "b"])
     assert "checkpoint not found" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="estimate not found: .*missing.npy"):
+    with pytest.raises(SystemExit):
         refine.main(["--checkpoint", ckpt, "--image", str(tmp_path / "im.png"),
                      "--estimate", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "o")])
+    assert "--estimate file not found" in capsys.readouterr().err
+    (tmp_path / "l.txt").write_text("im.png im.png\n")  # estimate expected in <root>/inputs_flow
+    with pytest.raises(SystemExit, match="estimate not found: .*inputs_flow.*im.npy"):
+        refine.main(["--checkpoint", ckpt, "--list", str(tmp_path / "l.txt"), "--out", str(tmp_path / "o")])
     (tmp_path / "bad.npy").write_bytes(b"junk")
     with pytest.raises(SystemExit, match="bad.npy"):
         refine.main(["--checkpoint", ckpt, "--image", str(tmp_path / "im.png"),
@@ -210,6 +214,15 @@ def test_network_inputs_match_the_reference():
     np.testing.assert_allclose(logits, golden["in_estimates"][0].transpose(1, 2, 0), atol=1e-6)
     np.testing.assert_allclose(refine.log_softmax_probabilities(logits),
                                golden["in_log_probabilities"][0].transpose(1, 2, 0), atol=2e-6)
+
+
+def test_unreadable_checkpoint_gives_one_line(tmp_path):
+    _real_or_skip()
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
+    _flow_files(tmp_path)
+    with pytest.raises(SystemExit, match="cannot load checkpoint .*junk.pth"):
+        refine.main(["--checkpoint", str(tmp_path / "junk.pth"), "--image", str(tmp_path / "im.png"),
+                     "--estimate", str(tmp_path / "est.npy")])
 
 
 def test_shipped_segmentation_sample_end_to_end(tmp_path, capsys):
