@@ -205,7 +205,7 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
         return None
     size = tuple(int(s) for s in size)
     if not size:
-        return storage[storage_offset].copy()
+        return np.array(storage[storage_offset])
     item = storage.itemsize
     view = np.lib.stride_tricks.as_strided(storage[storage_offset:],
                                            shape=size, strides=tuple(s * item for s in stride))
@@ -434,7 +434,7 @@ def infer_ppacnet_config(state_dict: Mapping[str, np.ndarray]) -> dict:
     return config
 
 
-def load_ppacnet(path_or_state_dict, *, prefix: str | None = None, dtype=None):
+def load_ppacnet(path_or_state_dict, *, prefix: str | None = None, dtype=None, **kwargs):
     """A ready :class:`~ppac_jax.nn.PPacNet` from a released PPAC checkpoint.
 
     Args:
@@ -443,6 +443,7 @@ def load_ppacnet(path_or_state_dict, *, prefix: str | None = None, dtype=None):
       prefix: stripped from the keys; default: ``"module.refinement_net."`` when the keys
         carry it, else none.
       dtype: cast the weights (e.g. ``jnp.float64``); default: keep the checkpoint's dtype.
+      **kwargs: further constructor options (e.g. ``impl="patches"``).
 
     Returns:
       ``PPacNet`` (``PacNetAdvancedNormalization`` for a state dict without ``network_prob``)
@@ -459,5 +460,88 @@ def load_ppacnet(path_or_state_dict, *, prefix: str | None = None, dtype=None):
         stripped = {k: np.asarray(v).astype(dtype) for k, v in stripped.items()}
     config = infer_ppacnet_config(stripped)
     cls = PPacNet if "depth_layers_prob" in config else PacNetAdvancedNormalization
-    net = cls(**config)
+    net = cls(**config, **kwargs)
     return load_torch_weights(net, stripped)
+
+
+# ---------------------------------------------------------------------------------------------
+# writing state dicts PyTorch can load
+
+_DTYPE_STORAGES = {np.dtype(v): k for k, v in _STORAGE_DTYPES.items() if k != "UntypedStorage"}
+
+
+class _TorchGlobal:
+    """A ``module.name`` reference written as a pickle GLOBAL (no import needed here)."""
+
+    def __init__(self, module, name):
+        self.module, self.name = module, name
+
+    def __call__(self, *args):          # pickle's save_reduce requires a callable
+        raise TypeError(f"{self.module}.{self.name} is only a name for the pickle")
+
+
+class _StorageRef:
+    def __init__(self, key, array):
+        self.key, self.array = key, array
+
+
+class _TensorRef:
+    def __init__(self, storage, shape):
+        self.storage, self.shape = storage, shape
+
+    def __reduce_ex__(self, protocol):
+        strides, acc = [], 1
+        for n in reversed(self.shape):
+            strides.append(acc)
+            acc *= n
+        import collections
+        return (_TorchGlobal("torch._utils", "_rebuild_tensor_v2"),
+                (self.storage, 0, tuple(self.shape), tuple(reversed(strides)), False,
+                 collections.OrderedDict()))
+
+
+class _TorchPickler(pickle._Pickler):  # the Python pickler lets us write foreign GLOBALs
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def _save_torch_global(self, obj):
+        self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode("ascii"))
+
+    dispatch[_TorchGlobal] = _save_torch_global
+
+    def persistent_id(self, obj):
+        if isinstance(obj, _StorageRef):
+            storage = _DTYPE_STORAGES.get(obj.array.dtype)
+            if storage is None:
+                raise ValueError(f"dtype {obj.array.dtype} has no PyTorch storage type")
+            return ("storage", _TorchGlobal("torch", storage), obj.key, "cpu", obj.array.size)
+        return None
+
+
+def save_torch_state_dict(state_dict: Mapping[str, np.ndarray], path, *,
+                          archive_name: str = "archive") -> None:
+    """Write ``{name: array}`` as a ``torch.save`` zip file of an ``OrderedDict`` of tensors.
+
+    PyTorch users read it with ``torch.load(path)`` and ``module.load_state_dict``; combine with
+    :func:`export_torch_weights` to hand weights trained here back to the original code.
+    Arrays are stored little-endian, C-contiguous, in their own dtype (float32/float64/...;
+    bfloat16 is not supported).
+    """
+    import collections
+
+    tensors = collections.OrderedDict()
+    storages = []
+    for i, (name, value) in enumerate(state_dict.items()):
+        arr = np.array(value, order="C")   # (ascontiguousarray would make 0-d arrays 1-d)
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        ref = _StorageRef(str(i), arr)
+        storages.append(ref)
+        tensors[str(name)] = _TensorRef(ref, arr.shape)
+    buf = io.BytesIO()
+    _TorchPickler(buf, protocol=2).dump(tensors)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(f"{archive_name}/data.pkl", buf.getvalue())
+        zf.writestr(f"{archive_name}/byteorder", "little")
+        for ref in storages:
+            zf.writestr(f"{archive_name}/data/{ref.key}", ref.array.tobytes())
+        zf.writestr(f"{archive_name}/version", "3\n")

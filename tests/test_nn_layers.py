@@ -112,12 +112,19 @@ def test_layer_equals_ops_with_precomputed_kernel():
     guide = jnp.asarray(rng.normal(size=(2, 9, 10, 4)), jnp.float32)
     layer = pnn.PacConv2d(3, 5, 3, stride=2, padding=1, kernel_type="inv_0.3_0.7_asym",
                           smooth_kernel_type="average_3", normalize_kernel=True)
-    kernel, _ = ops.pac_kernel(guide, 3, stride=2, padding=1, kernel_type="inv", asym=True,
-                               inv_alpha=0.3, inv_lambda=0.7,
-                               smooth_kernel=jnp.full((3, 3), 1 / 9), normalize=True)
-    expected = ops.pac_conv2d(x, kernel, layer.weight[...], layer.bias[...], stride=2, padding=1)
-    np.testing.assert_allclose(layer(x, guide), expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(layer(x, kernel=kernel), expected, rtol=1e-5, atol=1e-6)
+
+    @nnx.jit
+    def run(layer, x, guide):
+        kernel, _ = ops.pac_kernel(guide, 3, stride=2, padding=1, kernel_type="inv", asym=True,
+                                   inv_alpha=0.3, inv_lambda=0.7,
+                                   smooth_kernel=jnp.full((3, 3), 1 / 9), normalize=True)
+        expected = ops.pac_conv2d(x, kernel, layer.weight[...], layer.bias[...], stride=2,
+                                  padding=1)
+        return layer(x, guide), layer(x, kernel=kernel), expected
+
+    from_guide, from_kernel, expected = run(layer, x, guide)
+    np.testing.assert_allclose(from_guide, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(from_kernel, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_state_dict_names_and_variable_kinds():
@@ -191,7 +198,7 @@ def test_mask_returns_output_mask():
     guide = jnp.asarray(rng.normal(size=(1, 6, 7, 3)), jnp.float32)
     mask = jnp.ones((1, 6, 7, 1), jnp.float32).at[:, :3].set(0)
     layer = pnn.PacConv2d(2, 2, 3, padding=1)
-    y, out_mask = layer(x, guide, mask=mask)
+    y, out_mask = nnx.jit(lambda layer, x, g, m: layer(x, g, mask=m))(layer, x, guide, mask)
     assert y.shape == (1, 6, 7, 2) and out_mask.shape == (1, 6, 7, 1)
     np.testing.assert_array_equal(out_mask[0, :2, :, 0], 0)
     np.testing.assert_array_equal(out_mask[0, 3:, :, 0], 1)

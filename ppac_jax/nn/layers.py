@@ -47,8 +47,13 @@ class Buffer(nnx.Variable):
     """A non-trainable tensor of the original's state dict (a PyTorch buffer)."""
 
 
-def _rngs(rngs: Optional[nnx.Rngs]) -> nnx.Rngs:
-    return nnx.Rngs(DEFAULT_SEED) if rngs is None else rngs
+def _numpy_rng(rngs: Optional[nnx.Rngs]) -> np.random.Generator:
+    """A NumPy generator seeded from one ``params`` key of ``rngs`` (default ``nnx.Rngs(0)``).
+
+    Initial values are drawn with NumPy: no per-shape XLA compilation at construction.
+    """
+    rngs = nnx.Rngs(DEFAULT_SEED) if rngs is None else rngs
+    return np.random.default_rng(np.asarray(jax.random.key_data(rngs.params())).ravel())
 
 
 def _pair(value: IntOrPair, name: str) -> Tuple[int, int]:
@@ -159,14 +164,14 @@ class _PacBase(nnx.Module):
         return self._apply(x, kernel)
 
 
-def _filled_weight(filler, rngs, in_channels, out_channels, kernel_size, stride, shared_filters,
+def _filled_weight(filler, rng, in_channels, out_channels, kernel_size, stride, shared_filters,
                    normalize_kernel, transposed, param_dtype):
     """``(weight HWIO, is_buffer)`` for a filler name."""
     kh, kw = kernel_size
     shape = (kh, kw, 1, 1) if shared_filters else (kh, kw, in_channels, out_channels)
     if filler == "uniform":
-        w = fillers.uniform_weight(rngs.params(), shape, in_channels * kh * kw, param_dtype)
-        return w, False
+        w = fillers.uniform_weight(rng, shape, in_channels * kh * kw)
+        return jnp.asarray(w, param_dtype), False
     if filler == "linear":
         if not transposed:
             raise ValueError('filler="linear" is only available for transposed layers')
@@ -177,10 +182,8 @@ def _filled_weight(filler, rngs, in_channels, out_channels, kernel_size, stride,
     elif filler == "crf":
         w = fillers.crf_weight(in_channels, out_channels, kernel_size, shared_filters)
     elif filler == "crf_perturbed":
-        key = rngs.params()
-        seed = np.asarray(jax.random.key_data(key)).ravel()
-        w = fillers.crf_perturbed_weight(np.random.default_rng(seed), in_channels, out_channels,
-                                         kernel_size, shared_filters)
+        w = fillers.crf_perturbed_weight(rng, in_channels, out_channels, kernel_size,
+                                         shared_filters)
     elif filler == "pool":
         w = fillers.pool_weight(in_channels, out_channels, kernel_size, shared_filters)
     elif filler == "crf_pool":
@@ -206,8 +209,8 @@ class _PacConvBase(_PacBase):
                          param_dtype)
         self.shared_filters = bool(shared_filters)
         self.filler = filler
-        rngs = _rngs(rngs)
-        weight, is_buffer = _filled_weight(filler, rngs, self.in_channels, self.out_channels,
+        rng = _numpy_rng(rngs)
+        weight, is_buffer = _filled_weight(filler, rng, self.in_channels, self.out_channels,
                                            self.kernel_size, self.stride, self.shared_filters,
                                            self.normalize_kernel, transposed, param_dtype)
         layout = "IOHW" if transposed else "OIHW"
@@ -215,8 +218,8 @@ class _PacConvBase(_PacBase):
         if bias:
             if filler == "uniform":
                 kh, kw = self.kernel_size
-                b = fillers.uniform_weight(rngs.params(), (self.out_channels,),
-                                           self.in_channels * kh * kw, param_dtype)
+                b = jnp.asarray(fillers.uniform_weight(rng, (self.out_channels,),
+                                                       self.in_channels * kh * kw), param_dtype)
             else:
                 b = jnp.zeros((self.out_channels,), param_dtype)
             self.bias = nnx.Param(b, torch_layout="same")
@@ -358,16 +361,17 @@ class _NormalizedBase(_PacBase):
         super().__init__(kernel_size, 1, padding, 1, 0, False, kernel_type, "none", False,
                          False, 0, param_dtype)
         self.shared_filters = bool(shared_filters)
-        rngs = _rngs(rngs)
+        rng = _numpy_rng(rngs)
         kh, kw = self.kernel_size
         shape = (kh, kw, 1, 1) if shared_filters else (kh, kw, in_channels, out_channels)
         fan_in = in_channels * kh * kw
-        w = jnp.abs(fillers.uniform_weight(rngs.params(), shape, fan_in, param_dtype))
-        self.weight = nnx.Param(w, torch_layout="OIHW")
-        self.weight_normalization = nnx.Param(jnp.log(w), torch_layout="OIHW")
+        w = np.abs(fillers.uniform_weight(rng, shape, fan_in, np.float64))
+        self.weight = nnx.Param(jnp.asarray(w, param_dtype), torch_layout="OIHW")
+        self.weight_normalization = nnx.Param(jnp.asarray(np.log(w), param_dtype),
+                                              torch_layout="OIHW")
         if bias:
-            b = fillers.uniform_weight(rngs.params(), (out_channels,), fan_in, param_dtype)
-            self.bias = nnx.Param(b, torch_layout="same")
+            b = fillers.uniform_weight(rng, (out_channels,), fan_in)
+            self.bias = nnx.Param(jnp.asarray(b, param_dtype), torch_layout="same")
         else:
             self.bias = None
 
@@ -464,14 +468,14 @@ class Conv2d(nnx.Module):
         self.stride = _pair(stride, "stride")
         self.padding = _pair(padding, "padding")
         self.dilation = _pair(dilation, "dilation")
-        rngs = _rngs(rngs)
+        rng = _numpy_rng(rngs)
         kh, kw = self.kernel_size
         fan_in = self.in_channels * kh * kw
-        self.weight = nnx.Param(
-            fillers.uniform_weight(rngs.params(), (kh, kw, self.in_channels, self.out_channels),
-                                   fan_in, param_dtype), torch_layout="OIHW")
-        self.bias = (nnx.Param(fillers.uniform_weight(rngs.params(), (self.out_channels,), fan_in,
-                                                      param_dtype), torch_layout="same")
+        w = fillers.uniform_weight(rng, (kh, kw, self.in_channels, self.out_channels), fan_in)
+        self.weight = nnx.Param(jnp.asarray(w, param_dtype), torch_layout="OIHW")
+        self.bias = (nnx.Param(jnp.asarray(fillers.uniform_weight(rng, (self.out_channels,),
+                                                                  fan_in), param_dtype),
+                               torch_layout="same")
                      if bias else None)
 
     def __call__(self, x):

@@ -65,7 +65,7 @@ def gaussian_kernel(kernel_size: int, sigma: float = 1.0) -> np.ndarray:
 
 class _RefineBase(nnx.Module):
     def _joint_layers(self, spec, depth_layers_joint, kernel_size_joint, shared_filters, pac_cls,
-                      rngs, param_dtype):
+                      rngs, param_dtype, impl):
         layers = []
         for i, kind in enumerate(spec):
             cin, cout = depth_layers_joint[i], depth_layers_joint[i + 1]
@@ -73,7 +73,7 @@ class _RefineBase(nnx.Module):
                 layers.append(pac_cls(cin, cout, kernel_size_joint, padding=kernel_size_joint // 2,
                                       bias=True, kernel_type="gaussian",
                                       shared_filters=shared_filters, rngs=rngs,
-                                      param_dtype=param_dtype))
+                                      param_dtype=param_dtype, impl=impl))
             else:
                 layers.append(Conv2d(cin, cout, kernel_size_joint, padding=kernel_size_joint // 2,
                                      rngs=rngs, param_dtype=param_dtype))
@@ -116,6 +116,7 @@ class PPacNet(_RefineBase):
         ``weight_normalization`` its log, bias 0; all frozen (:class:`Buffer`).
       bias_zero_init: joint biases start at 0.
       rngs: default ``nnx.Rngs(0)``. param_dtype: parameter dtype.
+      impl: windowed-product implementation of the PAC layers (see :mod:`ppac_jax.ops`).
 
     Call: ``net(estimates [B,H,W,Cj], log_probabilities [B,H,W,Cp], images [B,H,W,3])`` ->
     ``[B,H,W,Cj_last]``.
@@ -125,7 +126,7 @@ class PPacNet(_RefineBase):
                  shared_filters=True, depth_layers_prob=(5, 5, 5, 2),
                  depth_layers_guidance=(3, 15, 15, 10), depth_layers_joint=(2, 2, 2),
                  fixed_gaussian_weights=False, bias_zero_init=False, *,
-                 rngs: Optional[nnx.Rngs] = None, param_dtype=jnp.float32):
+                 rngs: Optional[nnx.Rngs] = None, param_dtype=jnp.float32, impl="auto"):
         spec, num_pac, share = _check_spec(conv_specification, depth_layers_joint,
                                            depth_layers_guidance)
         if depth_layers_prob[-1] != num_pac:
@@ -139,7 +140,8 @@ class PPacNet(_RefineBase):
         self.network_prob = _branch(depth_layers_prob, kernel_size_preprocessing, rngs,
                                     param_dtype)
         self.layers_joint = self._joint_layers(spec, depth_layers_joint, kernel_size_joint,
-                                               shared_filters, ProbPacConv2d, rngs, param_dtype)
+                                               shared_filters, ProbPacConv2d, rngs, param_dtype,
+                                               impl)
         _init_joint(self.layers_joint, kernel_size_joint, fixed_gaussian_weights, bias_zero_init)
 
     def __call__(self, estimates, log_probabilities, images):
@@ -161,7 +163,7 @@ class PacNetAdvancedNormalization(_RefineBase):
     def __init__(self, kernel_size_preprocessing=5, kernel_size_joint=7, conv_specification="pp",
                  shared_filters=True, depth_layers_guidance=(3, 15, 15, 10),
                  depth_layers_joint=(2, 2, 2), *, rngs: Optional[nnx.Rngs] = None,
-                 param_dtype=jnp.float32):
+                 param_dtype=jnp.float32, impl="auto"):
         spec, _, share = _check_spec(conv_specification, depth_layers_joint,
                                      depth_layers_guidance)
         rngs = nnx.Rngs(0) if rngs is None else rngs
@@ -171,7 +173,7 @@ class PacNetAdvancedNormalization(_RefineBase):
                                         param_dtype)
         self.layers_joint = self._joint_layers(spec, depth_layers_joint, kernel_size_joint,
                                                shared_filters, NormalizedPacConv2d, rngs,
-                                               param_dtype)
+                                               param_dtype, impl)
 
     def __call__(self, estimates, *args):
         if len(args) not in (1, 2):
