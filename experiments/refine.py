@@ -436,7 +436,7 @@ def _run(args) -> dict:
     records, warned = [], {}
     start = time.perf_counter()
     with open(os.path.join(args.out, "metrics.jsonl"), "w") as log:
-        for sample in tqdm(samples, desc="refine", unit="sample", disable=len(samples) < 2):
+        for sample in tqdm(samples, desc="refine", unit="sample", disable=args.list is None):
             if task == "flow":
                 record = refine_flow(sample, refiner, levels, args, warned)
                 if "epe_before" in record:

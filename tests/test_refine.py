@@ -158,6 +158,7 @@ def _real_or_skip():
         pytest.skip("ppac_jax.convert.load_ppacnet not available in this checkout")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpoint, list_name, crop", [
     ("flow_refinement_sintel_clean.pth", "MPISintel_sample.txt", (96, 160)),
     ("flow_refinement_kitti.pth", "KITTI_sample.txt", (96, 160)),  # same shape: one compile
@@ -225,6 +226,7 @@ def test_unreadable_checkpoint_gives_one_line(tmp_path):
                      "--estimate", str(tmp_path / "est.npy")])
 
 
+@pytest.mark.slow
 def test_shipped_segmentation_sample_end_to_end(tmp_path, capsys):
     _real_or_skip()
     ckpt = shared_or_skip("checkpoints", "segmentation_refinement_pascal.pth")
