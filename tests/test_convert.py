@@ -172,7 +172,7 @@ def test_gradient_export_from_state_and_pure_dict():
     guide = jnp.asarray(np.random.default_rng(0).normal(size=(1, 6, 8, 2)), jnp.float32)
     grads = nnx.grad(lambda m: jnp.sum(m(x, guide) ** 2))(layer)
     from_state = convert.export_torch_gradients(layer, grads)
-    from_dict = convert.export_torch_weights(layer, grads.to_pure_dict())
+    from_dict = convert.export_torch_weights(layer, nnx.to_pure_dict(grads))
     assert set(from_state) == {"weight", "bias", "inv_alpha", "inv_lambda"}
     assert from_state["weight"].shape == (2, 3, 3, 3)          # IOHW
     for key in from_state:

@@ -1,15 +1,11 @@
 """Flax NNX layers mirroring the original PAC / PPAC modules, built on :mod:`ppac_jax.ops`.
 
-=======================  ==========================================  =============================
-layer                    call                                        original
-=======================  ==========================================  =============================
-:class:`PacConv2d`       ``layer(x, guide)`` / ``layer(x, kernel=K)``  ``pac.PacConv2d``
-:class:`PacConvTranspose2d`  same (guide on the output grid)         ``pac.PacConvTranspose2d``
-:class:`PacPool2d`       same                                        ``pac.PacPool2d``
-:class:`ProbPacConv2d`   ``layer(x, confidence, guide)``             ``probabilistic_pac.ProbPacConv2d``
-:class:`NormalizedPacConv2d`  ``layer(x, guide)``                    ``probabilistic_pac.NormalizedPacConv2d``
-:class:`Conv2d`          ``layer(x)``                                ``torch.nn.Conv2d``
-=======================  ==========================================  =============================
+* :class:`PacConv2d` (``pac.PacConv2d``): ``layer(x, guide)`` or ``layer(x, kernel=K)``;
+* :class:`PacConvTranspose2d` (``pac.PacConvTranspose2d``): same, guide on the output grid;
+* :class:`PacPool2d` (``pac.PacPool2d``): same;
+* :class:`ProbPacConv2d` (``probabilistic_pac.ProbPacConv2d``): ``layer(x, confidence, guide)``;
+* :class:`NormalizedPacConv2d` (``probabilistic_pac.NormalizedPacConv2d``): ``layer(x, guide)``;
+* :class:`Conv2d` (``torch.nn.Conv2d``): ``layer(x)``.
 
 Constructors take the original's arguments (``rngs`` optional, default ``nnx.Rngs(0)``), and
 attribute names are the original's state-dict names (``weight``, ``bias``, ``inv_alpha``,
@@ -158,11 +154,6 @@ class _PacBase(nnx.Module):
             return self._apply(x, kernel), output_mask
         return self._pac(x, guide)
 
-    def _pac(self, x, guide):
-        # Kernel and product in one place: the switch point to a fused op.
-        kernel, _ = self.compute_kernel(guide)
-        return self._apply(x, kernel)
-
 
 def _filled_weight(filler, rng, in_channels, out_channels, kernel_size, stride, shared_filters,
                    normalize_kernel, transposed, param_dtype):
@@ -273,6 +264,11 @@ class PacConv2d(_PacConvBase):
     def __call__(self, x, guide=None, *, kernel=None, mask=None):
         return self._dispatch(x, guide, kernel, mask)
 
+    def _pac(self, x, guide):
+        # Kernel and product in one place: the switch point to a fused op.
+        kernel, _ = self.compute_kernel(guide)
+        return self._apply(x, kernel)
+
     def _apply(self, x, kernel):
         return ops.pac_conv2d(x, kernel, self.weight[...], self._bias(), stride=self.stride,
                               padding=self.padding, dilation=self.dilation,
@@ -303,6 +299,11 @@ class PacConvTranspose2d(_PacConvBase):
 
     def __call__(self, x, guide=None, *, kernel=None, mask=None):
         return self._dispatch(x, guide, kernel, mask)
+
+    def _pac(self, x, guide):
+        # Kernel and product in one place: the switch point to a fused op.
+        kernel, _ = self.compute_kernel(guide)
+        return self._apply(x, kernel)
 
     def _apply(self, x, kernel):
         return ops.pac_conv_transpose2d(
@@ -342,6 +343,11 @@ class PacPool2d(_PacBase):
 
     def __call__(self, x, guide=None, *, kernel=None, mask=None):
         return self._dispatch(x, guide, kernel, mask)
+
+    def _pac(self, x, guide):
+        # Kernel and product in one place: the switch point to a fused op.
+        kernel, _ = self.compute_kernel(guide)
+        return self._apply(x, kernel)
 
     def _apply(self, x, kernel):
         return ops.pac_pool2d(x, kernel, kernel_size=self.kernel_size, stride=self.stride,
@@ -445,6 +451,11 @@ class NormalizedPacConv2d(_NormalizedBase):
 
     def __call__(self, x, guide=None, *, kernel=None):
         return self._dispatch(x, guide, kernel, None)
+
+    def _pac(self, x, guide):
+        # Kernel and product in one place: the switch point to a fused op.
+        kernel, _ = self.compute_kernel(guide)
+        return self._apply(x, kernel)
 
     def _apply(self, x, kernel):
         return ops.normalized_pac_conv2d(x, kernel, self.weight[...],
