@@ -99,7 +99,10 @@ def load_torch_weights(module: nnx.Module, state_dict: Mapping[str, np.ndarray],
             continue
         meta = var.get_metadata()
         value = np.asarray(given[name])
-        ours = _to_ours(value, meta["torch_layout"], var.get_value().shape)
+        try:
+            ours = _to_ours(value, meta["torch_layout"], var.get_value().shape)
+        except ValueError:       # wrong rank for the transpose, wrong size for the reshape
+            ours = value
         if ours.shape != var.get_value().shape:
             raise ValueError(f"{name}: shape {value.shape} (ours {ours.shape}) does not fit the "
                              f"module's {var.get_value().shape}")
