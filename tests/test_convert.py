@@ -1,11 +1,9 @@
 """ppac_jax.convert: checkpoint reading/writing without torch, name/layout mapping, round trips."""
 
 import collections
-import io
 import pickle
 import zipfile
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
