@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import struct
 import zipfile
 from typing import Dict, Mapping
 
@@ -542,9 +543,21 @@ def save_torch_state_dict(state_dict: Mapping[str, np.ndarray], path, *,
         tensors[str(name)] = _TensorRef(ref, arr.shape)
     buf = io.BytesIO()
     _TorchPickler(buf, protocol=2).dump(tensors)
+    records = [("data.pkl", buf.getvalue()), (".format_version", b"1"),
+               (".storage_alignment", b"64"), ("byteorder", b"little")]
+    records += [(f"data/{ref.key}", ref.array.tobytes()) for ref in storages]
+    records += [("version", b"3\n")]
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        zf.writestr(f"{archive_name}/data.pkl", buf.getvalue())
-        zf.writestr(f"{archive_name}/byteorder", "little")
-        for ref in storages:
-            zf.writestr(f"{archive_name}/data/{ref.key}", ref.array.tobytes())
-        zf.writestr(f"{archive_name}/version", "3\n")
+        for name, data in records:
+            _write_aligned(zf, f"{archive_name}/{name}", data)
+
+
+def _write_aligned(zf: zipfile.ZipFile, name: str, data: bytes, alignment: int = 64) -> None:
+    """Store a record whose data starts at a multiple of ``alignment`` (as ``torch.save`` does,
+    padding the local header's extra field), so readers may memory-map the storages."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    header = 30 + len(name.encode("utf-8")) + 4     # local header + name + extra field header
+    pad = (-(zf.fp.tell() + header)) % alignment
+    info.extra = struct.pack("<HH", 0x4246, pad) + b"Z" * pad
+    zf.writestr(info, data)

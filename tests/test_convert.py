@@ -104,6 +104,12 @@ def test_zip_writer_reader_roundtrip(tmp_path):
     convert.save_torch_state_dict(sd, path)
     back = convert.read_state_dict(path)
     assert list(back) == list(sd)
+    raw = path.read_bytes()
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():         # torch.save's layout: 64-byte aligned records
+            name_len, extra_len = np.frombuffer(raw[info.header_offset + 26:][:4], "<u2")
+            assert (info.header_offset + 30 + name_len + extra_len) % 64 == 0, info.filename
+        assert zf.read("archive/version") == b"3\n"
     for key, value in sd.items():
         assert back[key].dtype == value.dtype and back[key].shape == value.shape
         np.testing.assert_array_equal(back[key], value)
