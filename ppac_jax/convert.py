@@ -432,7 +432,8 @@ def infer_ppacnet_config(state_dict: Mapping[str, np.ndarray]) -> dict:
         raise ValueError("inconsistent kernel sizes or filter sharing across layers")
     config = dict(kernel_size_preprocessing=k_pre.pop(), kernel_size_joint=k_joint.pop(),
                   conv_specification="".join(spec), shared_filters=shared.pop() if shared else True,
-                  depth_layers_guidance=tuple(depth_guidance), depth_layers_joint=tuple(depth_joint))
+                  depth_layers_guidance=tuple(depth_guidance),
+                  depth_layers_joint=tuple(depth_joint))
     if prob:
         config["depth_layers_prob"] = tuple(depth_prob)
     return config

@@ -145,7 +145,8 @@ def pool_weight(in_channels: int, out_channels: int, kernel_size: IntOrPair,
     if in_channels != out_channels:
         raise ValueError(f"the pool filler needs in_channels == out_channels, got "
                          f"{in_channels} and {out_channels}")
-    return np.eye(in_channels, dtype=np.float32)[None, None] * np.ones((kh, kw, 1, 1), np.float32) * value
+    return np.broadcast_to(np.eye(in_channels, dtype=np.float32) * value,
+                           (kh, kw, in_channels, in_channels)).copy()
 
 
 def uniform_bound(fan_in: int) -> float:

@@ -111,10 +111,9 @@ class _PacBase(nnx.Module):
                 raise ValueError("channel-wise learnable inv kernels need out_channels > 0 "
                                  "(the number of guidance channels)")
             kind = Buffer if fixed else nnx.Param
-            self.inv_alpha = kind(jnp.full(shape, parsed["inv_alpha"], param_dtype),
-                                  torch_layout="same")
-            self.inv_lambda = kind(jnp.full(shape, parsed["inv_lambda"], param_dtype),
-                                   torch_layout="same")
+            for name in ("inv_alpha", "inv_lambda"):
+                value = jnp.asarray(np.full(shape, parsed[name]), param_dtype)
+                setattr(self, name, kind(value, torch_layout="same"))
         smooth, learnable = _smooth_kernel_init(smooth_kernel_type)
         if smooth is not None:
             kind = nnx.Param if learnable else Buffer
