@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import struct
 import zipfile
 from typing import Dict, Mapping
 
@@ -99,7 +100,10 @@ def load_torch_weights(module: nnx.Module, state_dict: Mapping[str, np.ndarray],
             continue
         meta = var.get_metadata()
         value = np.asarray(given[name])
-        ours = _to_ours(value, meta["torch_layout"], var.get_value().shape)
+        try:
+            ours = _to_ours(value, meta["torch_layout"], var.get_value().shape)
+        except ValueError:       # wrong rank for the transpose, wrong size for the reshape
+            ours = value
         if ours.shape != var.get_value().shape:
             raise ValueError(f"{name}: shape {value.shape} (ours {ours.shape}) does not fit the "
                              f"module's {var.get_value().shape}")
@@ -428,7 +432,8 @@ def infer_ppacnet_config(state_dict: Mapping[str, np.ndarray]) -> dict:
         raise ValueError("inconsistent kernel sizes or filter sharing across layers")
     config = dict(kernel_size_preprocessing=k_pre.pop(), kernel_size_joint=k_joint.pop(),
                   conv_specification="".join(spec), shared_filters=shared.pop() if shared else True,
-                  depth_layers_guidance=tuple(depth_guidance), depth_layers_joint=tuple(depth_joint))
+                  depth_layers_guidance=tuple(depth_guidance),
+                  depth_layers_joint=tuple(depth_joint))
     if prob:
         config["depth_layers_prob"] = tuple(depth_prob)
     return config
@@ -539,9 +544,21 @@ def save_torch_state_dict(state_dict: Mapping[str, np.ndarray], path, *,
         tensors[str(name)] = _TensorRef(ref, arr.shape)
     buf = io.BytesIO()
     _TorchPickler(buf, protocol=2).dump(tensors)
+    records = [("data.pkl", buf.getvalue()), (".format_version", b"1"),
+               (".storage_alignment", b"64"), ("byteorder", b"little")]
+    records += [(f"data/{ref.key}", ref.array.tobytes()) for ref in storages]
+    records += [("version", b"3\n")]
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        zf.writestr(f"{archive_name}/data.pkl", buf.getvalue())
-        zf.writestr(f"{archive_name}/byteorder", "little")
-        for ref in storages:
-            zf.writestr(f"{archive_name}/data/{ref.key}", ref.array.tobytes())
-        zf.writestr(f"{archive_name}/version", "3\n")
+        for name, data in records:
+            _write_aligned(zf, f"{archive_name}/{name}", data)
+
+
+def _write_aligned(zf: zipfile.ZipFile, name: str, data: bytes, alignment: int = 64) -> None:
+    """Store a record whose data starts at a multiple of ``alignment`` (as ``torch.save`` does,
+    padding the local header's extra field), so readers may memory-map the storages."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    header = 30 + len(name.encode("utf-8")) + 4     # local header + name + extra field header
+    pad = (-(zf.fp.tell() + header)) % alignment
+    info.extra = struct.pack("<HH", 0x4246, pad) + b"Z" * pad
+    zf.writestr(info, data)

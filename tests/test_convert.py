@@ -1,11 +1,9 @@
 """ppac_jax.convert: checkpoint reading/writing without torch, name/layout mapping, round trips."""
 
 import collections
-import io
 import pickle
 import zipfile
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -106,6 +104,12 @@ def test_zip_writer_reader_roundtrip(tmp_path):
     convert.save_torch_state_dict(sd, path)
     back = convert.read_state_dict(path)
     assert list(back) == list(sd)
+    raw = path.read_bytes()
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():         # torch.save's layout: 64-byte aligned records
+            name_len, extra_len = np.frombuffer(raw[info.header_offset + 26:][:4], "<u2")
+            assert (info.header_offset + 30 + name_len + extra_len) % 64 == 0, info.filename
+        assert zf.read("archive/version") == b"3\n"
     for key, value in sd.items():
         assert back[key].dtype == value.dtype and back[key].shape == value.shape
         np.testing.assert_array_equal(back[key], value)
@@ -172,7 +176,7 @@ def test_gradient_export_from_state_and_pure_dict():
     guide = jnp.asarray(np.random.default_rng(0).normal(size=(1, 6, 8, 2)), jnp.float32)
     grads = nnx.grad(lambda m: jnp.sum(m(x, guide) ** 2))(layer)
     from_state = convert.export_torch_gradients(layer, grads)
-    from_dict = convert.export_torch_weights(layer, grads.to_pure_dict())
+    from_dict = convert.export_torch_weights(layer, nnx.to_pure_dict(grads))
     assert set(from_state) == {"weight", "bias", "inv_alpha", "inv_lambda"}
     assert from_state["weight"].shape == (2, 3, 3, 3)          # IOHW
     for key in from_state:

@@ -219,3 +219,39 @@ def test_layers_jit_and_grad_float32():
     names = convert.export_torch_gradients(layer, grads)
     assert set(names) == {"weight", "weight_normalization", "bias"}
     assert all(np.all(np.isfinite(v)) for v in names.values())
+
+
+def test_option_wiring_transposed_and_pool():
+    """Every constructor option reaches the op (mixes not covered by the golden files)."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(1, 4, 5, 2)))
+    guide_hi = jnp.asarray(rng.normal(size=(1, 8, 10, 3)))
+    t = pnn.PacConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1,
+                               kernel_type="inv_0.4_0.6_asym", smooth_kernel_type="full_3",
+                               normalize_kernel=True, param_dtype=jnp.float64)
+    smooth = jnp.asarray(rng.uniform(size=(3, 3)))
+    t.smooth_kernel.set_value(smooth)
+    xp = jnp.asarray(rng.normal(size=(1, 6, 7, 3)))
+    guide = jnp.asarray(rng.normal(size=(1, 6, 7, 3)))
+    p = pnn.PacPool2d(3, stride=1, padding=2, dilation=2, kernel_type="inv_0.2_0.5",
+                      channel_wise=True, out_channels=3, normalize_kernel=True,
+                      param_dtype=jnp.float64)
+    p.inv_alpha.set_value(jnp.asarray([0.1, 0.2, 0.3]))
+
+    @nnx.jit
+    def run(t, p):
+        kt, _ = ops.pac_kernel(guide_hi, 3, stride=2, padding=1, output_padding=1,
+                               transposed=True, kernel_type="inv", asym=True, inv_alpha=0.4,
+                               inv_lambda=0.6, smooth_kernel=smooth, normalize=True)
+        yt = ops.pac_conv_transpose2d(x, kt, t.weight[...], t.bias[...], stride=2, padding=1,
+                                      output_padding=1)
+        kp, _ = ops.pac_kernel(guide, 3, padding=2, dilation=2, kernel_type="inv",
+                               inv_alpha=jnp.asarray([0.1, 0.2, 0.3]), inv_lambda=0.5,
+                               channel_wise=True, normalize=True)
+        yp = ops.pac_pool2d(xp, kp, kernel_size=3, padding=2, dilation=2)
+        return t(x, guide_hi), yt, p(xp, guide), yp
+
+    got_t, want_t, got_p, want_p = run(t, p)
+    assert got_t.shape == (1, 8, 10, 3) and got_p.shape == (1, 6, 7, 3)
+    np.testing.assert_allclose(got_t, want_t, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got_p, want_p, rtol=1e-12, atol=1e-12)

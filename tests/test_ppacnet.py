@@ -94,7 +94,8 @@ def test_mixed_spec_nonshared_roundtrip_and_call():
                   depth_layers_guidance=(3, 6, 4), depth_layers_joint=(2, 3, 3, 2))
     net = pnn.PPacNet(**kwargs)
     sd = convert.export_torch_weights(net)
-    assert sd["layers_joint.1.weight"].shape == (3, 3, 3, 3) and "layers_joint.1.weight_normalization" not in sd
+    assert sd["layers_joint.1.weight"].shape == (3, 3, 3, 3)
+    assert "layers_joint.1.weight_normalization" not in sd
     config = convert.infer_ppacnet_config(sd)
     assert config == {**kwargs, "conv_specification": "pcp"}
     other = pnn.PPacNet(**kwargs, rngs=nnx.Rngs(5))

@@ -1,15 +1,11 @@
 """Flax NNX layers mirroring the original PAC / PPAC modules, built on :mod:`ppac_jax.ops`.
 
-=======================  ==========================================  =============================
-layer                    call                                        original
-=======================  ==========================================  =============================
-:class:`PacConv2d`       ``layer(x, guide)`` / ``layer(x, kernel=K)``  ``pac.PacConv2d``
-:class:`PacConvTranspose2d`  same (guide on the output grid)         ``pac.PacConvTranspose2d``
-:class:`PacPool2d`       same                                        ``pac.PacPool2d``
-:class:`ProbPacConv2d`   ``layer(x, confidence, guide)``             ``probabilistic_pac.ProbPacConv2d``
-:class:`NormalizedPacConv2d`  ``layer(x, guide)``                    ``probabilistic_pac.NormalizedPacConv2d``
-:class:`Conv2d`          ``layer(x)``                                ``torch.nn.Conv2d``
-=======================  ==========================================  =============================
+* :class:`PacConv2d` (``pac.PacConv2d``): ``layer(x, guide)`` or ``layer(x, kernel=K)``;
+* :class:`PacConvTranspose2d` (``pac.PacConvTranspose2d``): same, guide on the output grid;
+* :class:`PacPool2d` (``pac.PacPool2d``): same;
+* :class:`ProbPacConv2d` (``probabilistic_pac.ProbPacConv2d``): ``layer(x, confidence, guide)``;
+* :class:`NormalizedPacConv2d` (``probabilistic_pac.NormalizedPacConv2d``): ``layer(x, guide)``;
+* :class:`Conv2d` (``torch.nn.Conv2d``): ``layer(x)``.
 
 Constructors take the original's arguments (``rngs`` optional, default ``nnx.Rngs(0)``), and
 attribute names are the original's state-dict names (``weight``, ``bias``, ``inv_alpha``,
@@ -115,10 +111,9 @@ class _PacBase(nnx.Module):
                 raise ValueError("channel-wise learnable inv kernels need out_channels > 0 "
                                  "(the number of guidance channels)")
             kind = Buffer if fixed else nnx.Param
-            self.inv_alpha = kind(jnp.full(shape, parsed["inv_alpha"], param_dtype),
-                                  torch_layout="same")
-            self.inv_lambda = kind(jnp.full(shape, parsed["inv_lambda"], param_dtype),
-                                   torch_layout="same")
+            for name in ("inv_alpha", "inv_lambda"):
+                value = jnp.asarray(np.full(shape, parsed[name]), param_dtype)
+                setattr(self, name, kind(value, torch_layout="same"))
         smooth, learnable = _smooth_kernel_init(smooth_kernel_type)
         if smooth is not None:
             kind = nnx.Param if learnable else Buffer
@@ -157,11 +152,6 @@ class _PacBase(nnx.Module):
             kernel, output_mask = self.compute_kernel(guide, mask)
             return self._apply(x, kernel), output_mask
         return self._pac(x, guide)
-
-    def _pac(self, x, guide):
-        # Kernel and product in one place: the switch point to a fused op.
-        kernel, _ = self.compute_kernel(guide)
-        return self._apply(x, kernel)
 
 
 def _filled_weight(filler, rng, in_channels, out_channels, kernel_size, stride, shared_filters,
@@ -273,6 +263,11 @@ class PacConv2d(_PacConvBase):
     def __call__(self, x, guide=None, *, kernel=None, mask=None):
         return self._dispatch(x, guide, kernel, mask)
 
+    def _pac(self, x, guide):
+        # Kernel and product in one place: the switch point to a fused op.
+        kernel, _ = self.compute_kernel(guide)
+        return self._apply(x, kernel)
+
     def _apply(self, x, kernel):
         return ops.pac_conv2d(x, kernel, self.weight[...], self._bias(), stride=self.stride,
                               padding=self.padding, dilation=self.dilation,
@@ -303,6 +298,11 @@ class PacConvTranspose2d(_PacConvBase):
 
     def __call__(self, x, guide=None, *, kernel=None, mask=None):
         return self._dispatch(x, guide, kernel, mask)
+
+    def _pac(self, x, guide):
+        # Kernel and product in one place: the switch point to a fused op.
+        kernel, _ = self.compute_kernel(guide)
+        return self._apply(x, kernel)
 
     def _apply(self, x, kernel):
         return ops.pac_conv_transpose2d(
@@ -342,6 +342,11 @@ class PacPool2d(_PacBase):
 
     def __call__(self, x, guide=None, *, kernel=None, mask=None):
         return self._dispatch(x, guide, kernel, mask)
+
+    def _pac(self, x, guide):
+        # Kernel and product in one place: the switch point to a fused op.
+        kernel, _ = self.compute_kernel(guide)
+        return self._apply(x, kernel)
 
     def _apply(self, x, kernel):
         return ops.pac_pool2d(x, kernel, kernel_size=self.kernel_size, stride=self.stride,
@@ -445,6 +450,11 @@ class NormalizedPacConv2d(_NormalizedBase):
 
     def __call__(self, x, guide=None, *, kernel=None):
         return self._dispatch(x, guide, kernel, None)
+
+    def _pac(self, x, guide):
+        # Kernel and product in one place: the switch point to a fused op.
+        kernel, _ = self.compute_kernel(guide)
+        return self._apply(x, kernel)
 
     def _apply(self, x, kernel):
         return ops.normalized_pac_conv2d(x, kernel, self.weight[...],
