@@ -17,23 +17,15 @@ Fillers of the original ``filler=`` option:
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple, Union
+from typing import Sequence, Union
 
 import numpy as np
+
+from ppac_jax.ops.geometry import check_positive
 
 IntOrPair = Union[int, Sequence[int]]
 
 
-def _pair(value: IntOrPair, name: str) -> Tuple[int, int]:
-    if isinstance(value, (int, np.integer)):
-        pair = (int(value), int(value))
-    else:
-        pair = tuple(int(v) for v in value)
-        if len(pair) != 2:
-            raise ValueError(f"{name} must be an int or a pair, got {value!r}")
-    if min(pair) < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
-    return pair
 
 
 def _positive(value: int, name: str) -> int:
@@ -59,7 +51,7 @@ def gaussian_2d(width: int, sigma: float | None = None) -> np.ndarray:
 
 
 def _crf_taps(kernel_size: IntOrPair) -> np.ndarray:
-    kh, kw = _pair(kernel_size, "kernel_size")
+    kh, kw = check_positive(kernel_size, "kernel_size")
     if kh != kw or kh % 2 == 0:
         raise ValueError(f"the crf filler needs an odd square kernel_size, got {kernel_size!r}")
     g = gaussian_2d(kh) * np.float32(kh * kw)
@@ -86,7 +78,7 @@ def crf_weight(in_channels: int, out_channels: int, kernel_size: IntOrPair,
 
 def crf_pool_weight(kernel_size: IntOrPair) -> np.ndarray:
     """The ``crf_pool`` filler: ``[kh, kw, 1, 1]`` ones with the centre tap 0 (a fixed buffer)."""
-    kh, kw = _pair(kernel_size, "kernel_size")
+    kh, kw = check_positive(kernel_size, "kernel_size")
     w = np.ones((kh, kw, 1, 1), np.float32)
     w[kh // 2, kw // 2] = 0
     return w
@@ -118,8 +110,8 @@ def linear_weight(channels: int, kernel_size: IntOrPair, stride: IntOrPair,
     ``shared_filters``. float32.
     """
     channels = _positive(channels, "channels")
-    kh, kw = _pair(kernel_size, "kernel_size")
-    sh, sw = _pair(stride, "stride")
+    kh, kw = check_positive(kernel_size, "kernel_size")
+    sh, sw = check_positive(stride, "stride")
     taps = np.outer(_linear_1d(kh, sh, normalize_kernel),
                     _linear_1d(kw, sw, normalize_kernel)).astype(np.float32)
     if shared_filters:
@@ -136,7 +128,7 @@ def pool_weight(in_channels: int, out_channels: int, kernel_size: IntOrPair,
     ``[kh, kw, 1, 1]`` with ``shared_filters``; otherwise ``[kh, kw, C, C]`` on the channel
     diagonal, which needs ``in_channels == out_channels``.
     """
-    kh, kw = _pair(kernel_size, "kernel_size")
+    kh, kw = check_positive(kernel_size, "kernel_size")
     value = np.float32(1.0 / (kh * kw))
     if shared_filters:
         return np.full((kh, kw, 1, 1), value, np.float32)

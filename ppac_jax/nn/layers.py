@@ -21,7 +21,7 @@ Arrays are NHWC; weights HWIO ``[kh, kw, Cin, Cout]`` (``[kh, kw, 1, 1]`` with
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,7 @@ from jax import lax
 
 from ppac_jax import ops
 from ppac_jax.nn import fillers
+from ppac_jax.ops.geometry import as_pair
 from ppac_jax.ops.kernel import parse_kernel_type
 
 IntOrPair = Union[int, Sequence[int]]
@@ -52,13 +53,6 @@ def _numpy_rng(rngs: Optional[nnx.Rngs]) -> np.random.Generator:
     return np.random.default_rng(np.asarray(jax.random.key_data(rngs.params())).ravel())
 
 
-def _pair(value: IntOrPair, name: str) -> Tuple[int, int]:
-    if isinstance(value, (int, np.integer)):
-        return int(value), int(value)
-    pair = tuple(int(v) for v in value)
-    if len(pair) != 2:
-        raise ValueError(f"{name} must be an int or a pair, got {value!r}")
-    return pair
 
 
 def _check_channels(value: int, name: str) -> int:
@@ -88,13 +82,13 @@ class _PacBase(nnx.Module):
     def __init__(self, kernel_size, stride, padding, dilation, output_padding, transposed,
                  kernel_type, smooth_kernel_type, channel_wise, normalize_kernel,
                  inv_channels: int, param_dtype):
-        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.kernel_size = as_pair(kernel_size, "kernel_size")
         if min(self.kernel_size) < 1 or any(k % 2 == 0 for k in self.kernel_size):
             raise ValueError(f"kernel_size must be odd, got {kernel_size!r}")
-        self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
-        self.dilation = _pair(dilation, "dilation")
-        self.output_padding = _pair(output_padding, "output_padding")
+        self.stride = as_pair(stride, "stride")
+        self.padding = as_pair(padding, "padding")
+        self.dilation = as_pair(dilation, "dilation")
+        self.output_padding = as_pair(output_padding, "output_padding")
         self.transposed = transposed
         self.kernel_type = kernel_type
         self.smooth_kernel_type = smooth_kernel_type
@@ -474,10 +468,10 @@ class Conv2d(nnx.Module):
                  bias=True, *, rngs: Optional[nnx.Rngs] = None, param_dtype=jnp.float32):
         self.in_channels = _check_channels(in_channels, "in_channels")
         self.out_channels = _check_channels(out_channels, "out_channels")
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
-        self.dilation = _pair(dilation, "dilation")
+        self.kernel_size = as_pair(kernel_size, "kernel_size")
+        self.stride = as_pair(stride, "stride")
+        self.padding = as_pair(padding, "padding")
+        self.dilation = as_pair(dilation, "dilation")
         rng = _numpy_rng(rngs)
         kh, kw = self.kernel_size
         fan_in = self.in_channels * kh * kw

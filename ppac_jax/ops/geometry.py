@@ -7,6 +7,7 @@ This module is the only place that knows that formula.
 
 from __future__ import annotations
 
+import numbers
 from typing import Iterator, Sequence, Tuple, Union
 
 import jax.numpy as jnp
@@ -18,7 +19,7 @@ Pair = Tuple[int, int]
 
 def as_pair(value: IntOrPair, name: str) -> Pair:
     """Return ``value`` as a pair of Python ints, raising ``ValueError`` naming ``name``."""
-    if isinstance(value, (int,)) and not isinstance(value, bool):
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return (int(value), int(value))
     try:
         pair = tuple(int(v) for v in value)  # type: ignore[union-attr]
