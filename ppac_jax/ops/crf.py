@@ -20,6 +20,7 @@ time does not grow with the number of steps.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
@@ -28,7 +29,7 @@ import numpy as np
 from jax import lax
 
 from ppac_jax.ops import geometry as geo
-from ppac_jax.ops.kernel import pac_kernel
+from ppac_jax.ops.kernel import compute_dtype, pac_kernel
 from ppac_jax.ops.pac import pac_conv2d
 
 COMPAT_TYPES = ("na", "4d", "2d", "potts")
@@ -353,9 +354,72 @@ def _plain_conv(q, weight, *, dilation):
 
 def _pac_message(q, kernel, weight, *, dilation, shared_filters):
     """PAC of ``q`` with the edge kernel ("same" size)."""
+    if shared_filters:  # cheap elementwise taps: the lean shifted product fuses well
+        k = weight.shape[0]
+        return pac_conv2d(q, kernel, weight, padding=(k // 2) * dilation, dilation=dilation,
+                          shared_filters=True, impl="shifted")
+    dtype = compute_dtype(q, kernel, weight)
+    out = _dense_message(q.astype(dtype), kernel.astype(dtype), weight.astype(dtype), dilation)
+    return out.astype(jnp.result_type(q, kernel, weight))
+
+
+# Pixels per band of the dense message: the band's [pixels, k*k*C] tap matrix stays in cache.
+_BAND_PIXELS = 1024
+
+
+def _band_rows(batch, width):
+    return max(1, _BAND_PIXELS // max(1, batch * width))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _dense_message(q, kernel, weight, dilation):
+    """``y[o] = sum_t K[o, t] * q_pad[o + d t] @ W[t]`` ("same" padding), as banded GEMMs.
+
+    Rows are processed in bands of a few rows; per band the tap matrix
+    ``[pixels, k*k*C]`` (kernel times shifted q) is built and multiplied by ``W`` reshaped to
+    ``[k*k*C, O]``: one well-shaped GEMM per band instead of ``k*k`` thin ones, and only
+    one band's taps alive at a time.
+    """
+    batch, height, width, channels = q.shape
     k = weight.shape[0]
-    return pac_conv2d(q, kernel, weight, padding=(k // 2) * dilation, dilation=dilation,
-                      shared_filters=shared_filters, impl="shifted")
+    pad = (k // 2) * dilation
+    rows = min(height, _band_rows(batch, width))
+    bands = -(-height // rows)
+    extra = bands * rows - height
+    q_pad = geo.pad_spatial(q, [(pad, pad + extra), (pad, pad)])
+    k_pad = jnp.pad(kernel, ((0, 0), (0, extra), (0, 0), (0, 0), (0, 0)))
+    w_flat = weight.reshape(k * k * channels, weight.shape[-1])
+
+    def band(r0):
+        k_band = lax.dynamic_slice_in_dim(k_pad, r0, rows, axis=1)
+        cols = []
+        for i in range(k):
+            q_rows = lax.dynamic_slice_in_dim(q_pad, r0 + i * dilation, rows, axis=1)
+            for j in range(k):
+                q_tap = lax.slice_in_dim(q_rows, j * dilation, j * dilation + width, axis=2)
+                cols.append(q_tap * k_band[:, :, :, i, j, None])
+        taps = jnp.concatenate(cols, axis=-1)
+        return jnp.dot(taps, w_flat, precision=lax.Precision.HIGHEST)
+
+    out = lax.map(band, jnp.arange(bands) * rows)           # [bands, B, rows, W, O]
+    out = jnp.moveaxis(out, 0, 1).reshape(batch, bands * rows, width, -1)
+    return out[:, :height]
+
+
+def _dense_message_fwd(q, kernel, weight, dilation):
+    return _dense_message(q, kernel, weight, dilation), (q, kernel, weight)
+
+
+def _dense_message_bwd(dilation, residuals, ct):
+    q, kernel, weight = residuals
+    k = weight.shape[0]
+    _, vjp = jax.vjp(lambda a, b, c: pac_conv2d(a, b, c, padding=(k // 2) * dilation,
+                                                dilation=dilation, impl="shifted"),
+                     q, kernel, weight)
+    return vjp(ct)
+
+
+_dense_message.defvjp(_dense_message_fwd, _dense_message_bwd)
 
 
 def mean_field_step(log_q, unary, kernels, terms: Sequence[PairwiseTerm],
