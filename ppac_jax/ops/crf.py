@@ -30,7 +30,6 @@ from jax import lax
 
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops.kernel import compute_dtype, pac_kernel
-from ppac_jax.ops.pac import pac_conv2d
 
 COMPAT_TYPES = ("na", "4d", "2d", "potts")
 FINAL_OUTPUTS = ("log_Q", "softmax", "log_softmax")
@@ -353,73 +352,151 @@ def _plain_conv(q, weight, *, dilation):
 
 
 def _pac_message(q, kernel, weight, *, dilation, shared_filters):
-    """PAC of ``q`` with the edge kernel ("same" size)."""
-    if shared_filters:  # cheap elementwise taps: the lean shifted product fuses well
-        k = weight.shape[0]
-        return pac_conv2d(q, kernel, weight, padding=(k // 2) * dilation, dilation=dilation,
-                          shared_filters=True, impl="shifted")
+    """PAC of ``q`` with the edge kernel, "same" size: ``pac_conv2d(q, kernel, weight,
+    padding=(k // 2) * dilation, dilation=dilation, shared_filters=...)``."""
     dtype = compute_dtype(q, kernel, weight)
-    out = _dense_message(q.astype(dtype), kernel.astype(dtype), weight.astype(dtype), dilation)
+    out = _window_message(q.astype(dtype), kernel.astype(dtype), weight.astype(dtype),
+                          dilation, not shared_filters)
     return out.astype(jnp.result_type(q, kernel, weight))
 
 
-# Pixels per band of the dense message: the band's [pixels, k*k*C] tap matrix stays in cache.
+# Pixels per band: a band's tap matrix [pixels, k*k*C] stays in cache.
 _BAND_PIXELS = 1024
 
 
-def _band_rows(batch, width):
-    return max(1, _BAND_PIXELS // max(1, batch * width))
+class _Bands(NamedTuple):
+    rows: int     # rows per band
+    count: int    # number of bands
+    extra: int    # rows added at the bottom so that count * rows covers the image
+    pad: int      # "same" padding (k // 2) * d
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _dense_message(q, kernel, weight, dilation):
-    """``y[o] = sum_t K[o, t] * q_pad[o + d t] @ W[t]`` ("same" padding), as banded GEMMs.
+def _bands(q, k, dilation) -> _Bands:
+    batch, height, width, _ = q.shape
+    rows = min(height, max(1, _BAND_PIXELS // max(1, batch * width)))
+    count = -(-height // rows)
+    return _Bands(rows, count, count * rows - height, (k // 2) * dilation)
 
-    Rows are processed in bands of a few rows; per band the tap matrix
-    ``[pixels, k*k*C]`` (kernel times shifted q) is built and multiplied by ``W`` reshaped to
-    ``[k*k*C, O]``: one well-shaped GEMM per band instead of ``k*k`` thin ones, and only
-    one band's taps alive at a time.
+
+def _pad_rows(x, extra):
+    return jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2)) if extra else x
+
+
+def _row_taps(q_pad, r0, i, k, dilation, rows, width):
+    """Shifted ``q`` of the taps ``(i, 0..k-1)`` for the band at row ``r0``: ``[B, R, W, C]``."""
+    q_rows = lax.dynamic_slice_in_dim(q_pad, r0 + i * dilation, rows, axis=1)
+    return [lax.slice_in_dim(q_rows, j * dilation, j * dilation + width, axis=2)
+            for j in range(k)]
+
+
+def _unband(ys, height):
+    """``[bands, B, R, ...]`` -> ``[B, bands * R, ...]`` cropped to ``height`` rows."""
+    ys = jnp.moveaxis(ys, 0, 1)
+    return ys.reshape(ys.shape[0], -1, *ys.shape[3:])[:, :height]
+
+
+def _weight_rows(weight, dense):
+    """Per tap row: ``[k, k*C, O]`` (dense) or ``[k, k]`` (one scalar per tap)."""
+    k = weight.shape[0]
+    return weight.reshape(k, k * weight.shape[2], -1) if dense else weight.reshape(k, k)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _window_message(q, kernel, weight, dilation, dense):
+    """``y[o] = sum_t K[o, t] * q_pad[o + d t] @ W[t]`` ("same" zero padding), in row bands.
+
+    ``dense``: ``W`` is ``[k, k, C, O]``; per band and tap row the taps ``[pixels, k*C]``
+    (kernel times shifted q) are multiplied by ``W[i]`` reshaped to ``[k*C, O]``: one
+    well-shaped GEMM instead of ``k`` thin ones. Otherwise ``W`` is ``[k, k, 1, 1]`` (one scalar
+    per tap). Bands and tap rows are loops, so only one band's taps are alive at a time
+    (forward and backward, custom VJP) and compile time does not grow with ``k * k``.
     """
     batch, height, width, channels = q.shape
     k = weight.shape[0]
-    pad = (k // 2) * dilation
-    rows = min(height, _band_rows(batch, width))
-    bands = -(-height // rows)
-    extra = bands * rows - height
-    q_pad = geo.pad_spatial(q, [(pad, pad + extra), (pad, pad)])
-    k_pad = jnp.pad(kernel, ((0, 0), (0, extra), (0, 0), (0, 0), (0, 0)))
-    w_flat = weight.reshape(k * k * channels, weight.shape[-1])
+    b = _bands(q, k, dilation)
+    q_pad = geo.pad_spatial(q, [(b.pad, b.pad + b.extra), (b.pad, b.pad)])
+    k_pad = _pad_rows(kernel, b.extra)
+    w_rows = _weight_rows(weight, dense)
+    out_channels = weight.shape[-1] if dense else channels
 
     def band(r0):
-        k_band = lax.dynamic_slice_in_dim(k_pad, r0, rows, axis=1)
-        cols = []
-        for i in range(k):
-            q_rows = lax.dynamic_slice_in_dim(q_pad, r0 + i * dilation, rows, axis=1)
-            for j in range(k):
-                q_tap = lax.slice_in_dim(q_rows, j * dilation, j * dilation + width, axis=2)
-                cols.append(q_tap * k_band[:, :, :, i, j, None])
-        taps = jnp.concatenate(cols, axis=-1)
-        return jnp.dot(taps, w_flat, precision=lax.Precision.HIGHEST)
+        k_band = lax.dynamic_slice_in_dim(k_pad, r0, b.rows, axis=1)
 
-    out = lax.map(band, jnp.arange(bands) * rows)           # [bands, B, rows, W, O]
-    out = jnp.moveaxis(out, 0, 1).reshape(batch, bands * rows, width, -1)
-    return out[:, :height]
+        def row(i, acc):
+            q_taps = _row_taps(q_pad, r0, i, k, dilation, b.rows, width)
+            k_row = lax.dynamic_index_in_dim(k_band, i, axis=3, keepdims=False)  # [B,R,W,k]
+            w_row = lax.dynamic_index_in_dim(w_rows, i, axis=0, keepdims=False)
+            if dense:
+                a = jnp.concatenate([q_t * k_row[..., j, None] for j, q_t in enumerate(q_taps)],
+                                    axis=-1)
+                return acc + jnp.dot(a, w_row, precision=lax.Precision.HIGHEST)
+            for j, q_t in enumerate(q_taps):
+                acc = acc + q_t * (k_row[..., j, None] * w_row[j])
+            return acc
+
+        acc = jnp.zeros((batch, b.rows, width, out_channels), q.dtype)
+        return lax.fori_loop(0, k, row, acc)
+
+    return _unband(lax.map(band, jnp.arange(b.count) * b.rows), height)
 
 
-def _dense_message_fwd(q, kernel, weight, dilation):
-    return _dense_message(q, kernel, weight, dilation), (q, kernel, weight)
+def _window_message_fwd(q, kernel, weight, dilation, dense):
+    return _window_message(q, kernel, weight, dilation, dense), (q, kernel, weight)
 
 
-def _dense_message_bwd(dilation, residuals, ct):
+def _window_message_bwd(dilation, dense, residuals, ct):
     q, kernel, weight = residuals
+    batch, height, width, channels = q.shape
     k = weight.shape[0]
-    _, vjp = jax.vjp(lambda a, b, c: pac_conv2d(a, b, c, padding=(k // 2) * dilation,
-                                                dilation=dilation, impl="shifted"),
-                     q, kernel, weight)
-    return vjp(ct)
+    b = _bands(q, k, dilation)
+    q_pad = geo.pad_spatial(q, [(b.pad, b.pad + b.extra), (b.pad, b.pad)])
+    k_pad = _pad_rows(kernel, b.extra)
+    ct_pad = _pad_rows(ct, b.extra)
+    w_rows = _weight_rows(weight, dense)
+
+    def band(carry, r0):
+        k_band = lax.dynamic_slice_in_dim(k_pad, r0, b.rows, axis=1)
+        ct_band = lax.dynamic_slice_in_dim(ct_pad, r0, b.rows, axis=1)        # [B, R, W, O]
+
+        def row(i, carry):
+            dq_pad, dw, dk = carry
+            q_taps = _row_taps(q_pad, r0, i, k, dilation, b.rows, width)
+            k_row = lax.dynamic_index_in_dim(k_band, i, axis=3, keepdims=False)  # [B,R,W,k]
+            w_row = lax.dynamic_index_in_dim(w_rows, i, axis=0, keepdims=False)
+            k_taps = [k_row[..., j, None] for j in range(k)]
+            if dense:
+                a = jnp.concatenate([q_t * k_t for q_t, k_t in zip(q_taps, k_taps)], axis=-1)
+                dw_row = jnp.einsum("brwk,brwo->ko", a, ct_band, precision=lax.Precision.HIGHEST)
+                g = jnp.dot(ct_band, w_row.T, precision=lax.Precision.HIGHEST)  # [B,R,W,kC]
+                grads = [g[..., j * channels:(j + 1) * channels] for j in range(k)]
+            else:
+                dw_row = jnp.stack([jnp.sum(q_t * k_t * ct_band)
+                                    for q_t, k_t in zip(q_taps, k_taps)])
+                grads = [ct_band * w_row[j] for j in range(k)]
+            dw = lax.dynamic_update_index_in_dim(
+                dw, lax.dynamic_index_in_dim(dw, i, 0, keepdims=False) + dw_row, i, 0)
+            dk_row = jnp.stack([jnp.sum(q_t * g_t, axis=-1) for q_t, g_t in zip(q_taps, grads)],
+                               axis=-1)
+            dk = lax.dynamic_update_index_in_dim(dk, dk_row, i, axis=3)
+            slab = jnp.zeros((batch, b.rows, width + 2 * b.pad, channels), q.dtype)
+            for j in range(k):
+                slab = slab.at[:, :, j * dilation:j * dilation + width].add(k_taps[j] * grads[j])
+            start = (0, r0 + i * dilation, 0, 0)
+            current = lax.dynamic_slice(dq_pad, start, slab.shape)
+            return lax.dynamic_update_slice(dq_pad, current + slab, start), dw, dk
+
+        dq_pad, dw = carry
+        dk = jnp.zeros_like(k_band)
+        dq_pad, dw, dk = lax.fori_loop(0, k, row, (dq_pad, dw, dk))
+        return (dq_pad, dw), dk
+
+    init = (jnp.zeros_like(q_pad), jnp.zeros(w_rows.shape, weight.dtype))
+    (dq_pad, dw), dk = lax.scan(band, init, jnp.arange(b.count) * b.rows)
+    dq = dq_pad[:, b.pad:b.pad + height, b.pad:b.pad + width]
+    return dq, _unband(dk, height), dw.reshape(weight.shape)
 
 
-_dense_message.defvjp(_dense_message_fwd, _dense_message_bwd)
+_window_message.defvjp(_window_message_fwd, _window_message_bwd)
 
 
 def mean_field_step(log_q, unary, kernels, terms: Sequence[PairwiseTerm],
