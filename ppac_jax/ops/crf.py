@@ -362,6 +362,8 @@ def _pac_message(q, kernel, weight, *, dilation, shared_filters):
 
 # Pixels per band: a band's tap matrix [pixels, k*k*C] stays in cache.
 _BAND_PIXELS = 1024
+# Tap rows are unrolled up to this kernel size (fast); larger kernels loop (fast to compile).
+_UNROLL_MAX_K = 7
 
 
 class _Bands(NamedTuple):
@@ -422,20 +424,28 @@ def _window_message(q, kernel, weight, dilation, dense):
     def band(r0):
         k_band = lax.dynamic_slice_in_dim(k_pad, r0, b.rows, axis=1)
 
-        def row(i, acc):
+        def row_taps(i):
             q_taps = _row_taps(q_pad, r0, i, k, dilation, b.rows, width)
             k_row = lax.dynamic_index_in_dim(k_band, i, axis=3, keepdims=False)  # [B,R,W,k]
+            return [(q_t, k_row[..., j, None]) for j, q_t in enumerate(q_taps)]
+
+        def row(i, acc):
             w_row = lax.dynamic_index_in_dim(w_rows, i, axis=0, keepdims=False)
+            taps = row_taps(i)
             if dense:
-                a = jnp.concatenate([q_t * k_row[..., j, None] for j, q_t in enumerate(q_taps)],
-                                    axis=-1)
+                a = jnp.concatenate([q_t * k_t for q_t, k_t in taps], axis=-1)
                 return acc + jnp.dot(a, w_row, precision=lax.Precision.HIGHEST)
-            for j, q_t in enumerate(q_taps):
-                acc = acc + q_t * (k_row[..., j, None] * w_row[j])
+            for j, (q_t, k_t) in enumerate(taps):
+                acc = acc + q_t * (k_t * w_row[j])
             return acc
 
+        if dense and k <= _UNROLL_MAX_K:  # all taps in one GEMM [pixels, k*k*C] @ [k*k*C, O]
+            a = jnp.concatenate([q_t * k_t for i in range(k) for q_t, k_t in row_taps(i)],
+                                axis=-1)
+            return jnp.dot(a, w_rows.reshape(k * k * channels, -1),
+                           precision=lax.Precision.HIGHEST)
         acc = jnp.zeros((batch, b.rows, width, out_channels), q.dtype)
-        return lax.fori_loop(0, k, row, acc)
+        return lax.fori_loop(0, k, row, acc, unroll=k <= _UNROLL_MAX_K)
 
     return _unband(lax.map(band, jnp.arange(b.count) * b.rows), height)
 
