@@ -26,11 +26,7 @@ from flax import nnx
 from ppac_jax.nn import fillers
 from ppac_jax.ops import crf as crf_ops
 
-try:  # the shared buffer type of ppac_jax.nn.layers (PyTorch buffers, never trained)
-    from ppac_jax.nn.layers import Buffer
-except ImportError:  # pragma: no cover - layers.py not merged yet
-    class Buffer(nnx.Variable):
-        """A non-trainable tensor of the original's state dict (a PyTorch buffer)."""
+from ppac_jax.nn.layers import Buffer
 
 DEFAULT_SEED = 0
 _TERM_ARGS = ("kernel_size", "dilation", "blur", "compat_type", "spatial_filter",
