@@ -25,8 +25,8 @@ import time
 REFERENCE_SECONDS = {
     ("original PyTorch PAC-CRF", 256): "4.95 s",
     ("original PyTorch PAC-CRF", 512): "14.5 s (13 GB)",
-    ("DenseCRF (quoted)", 256): "0.31 s",
-    ("DenseCRF (quoted)", 512): "1.55 s",
+    ("DenseCRF", 256): "0.31 s",
+    ("DenseCRF", 512): "1.55 s",
 }
 CLASSES = 21
 STEPS = 5
