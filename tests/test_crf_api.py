@@ -180,3 +180,17 @@ def test_compile_does_not_unroll_steps():
         text = jax.jit(lambda u, e: crf(u, e)).lower(logits, image).as_text()
         sizes.append(len(text))
     assert abs(sizes[0] - sizes[1]) < 200, sizes
+
+
+def test_batch_items_are_independent_and_bfloat16_runs():
+    rng = np.random.default_rng(1)
+    logits = jnp.asarray(rng.normal(size=(2, 10, 9, 3)), jnp.float32)
+    image = jnp.asarray(rng.normal(size=(2, 10, 9, 2)), jnp.float32)
+    crf = PacCRF(3, 2, final_output="softmax", pairwise_kernels=TERMS)
+    run = jax.jit(lambda u, e: crf(u, e))
+    both = run(logits, image)
+    np.testing.assert_allclose(np.asarray(both[1:]), np.asarray(run(logits[1:], image[1:])),
+                               rtol=1e-5, atol=1e-6)
+    half = run(logits.astype(jnp.bfloat16), image.astype(jnp.bfloat16))
+    assert half.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(half)))
+    np.testing.assert_allclose(np.asarray(half), np.asarray(both), atol=0.1)
