@@ -1,4 +1,4 @@
-"""Clean up noisy segmentation logits of the VOC sample with a PAC-CRF; write a before/after picture.
+"""Clean up noisy segmentation logits of the VOC sample with a PAC-CRF; write before/after.
 
     python -m experiments.crf_demo                       # uses ../shared/sample_data
     python -m experiments.crf_demo --data /path/to/sample_data --out crf_demo.png

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from ppac_jax import ops
-from ppac_jax.convert import export_torch_weights, load_torch_weights, torch_variables
+from ppac_jax.convert import load_torch_weights
 from ppac_jax.nn.crf import PacCRF, PacCRFLoose
 from tests import golden as G
 

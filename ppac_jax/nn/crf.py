@@ -90,7 +90,8 @@ class PacCRF(nnx.Module):
                  unary_weight: float = 1.0,
                  pairwise_kernels: Union[Mapping, Sequence[Mapping], None] = None,
                  rngs: Optional[nnx.Rngs] = None, param_dtype=jnp.float32):
-        if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
+        if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) \
+                or channels < 1:
             raise ValueError(f"channels must be a positive int, got {channels!r}")
         if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) \
                 or num_steps < 0:

@@ -21,7 +21,7 @@ time does not grow with the number of steps.
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -88,7 +88,8 @@ class TermParams(NamedTuple):
     compat: Any = None
 
 
-def make_term(kernel_size, dilation=1, blur=1, compat_type="4d", spatial_filter=True) -> PairwiseTerm:
+def make_term(kernel_size, dilation=1, blur=1, compat_type="4d",
+              spatial_filter=True) -> PairwiseTerm:
     """Validated :class:`PairwiseTerm` (raises ``ValueError`` naming the bad argument)."""
     if isinstance(kernel_size, bool) or not isinstance(kernel_size, (int, np.integer)) \
             or kernel_size < 1 or kernel_size % 2 == 0:
@@ -333,7 +334,7 @@ def crf_message(q, kernel, term: PairwiseTerm, params: TermParams):
         m = _plain_conv(qb, params.messenger, dilation=term.dilation)
     else:
         m = _pac_message(qb, kernel, params.messenger, dilation=term.dilation,
-                                  shared_filters=term.shared_filters)
+                         shared_filters=term.shared_filters)
     if term.compat_type == "2d":
         m = jnp.einsum("bhwc,co->bhwo", m, params.compat.astype(m.dtype),
                        precision=lax.Precision.HIGHEST)
@@ -553,9 +554,7 @@ def mean_field(unary, kernels, terms: Sequence[PairwiseTerm], params, unary_weig
         raise ValueError(f"log_q must have the unary's shape {unary.shape}, got {log_q.shape}")
     leaves = [unary, log_q] + [k for k in kernels if k is not None] + jax.tree.leaves(params) \
         + [unary_weight]
-    dtype = jnp.result_type(*leaves)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        dtype = jnp.float32
+    dtype = compute_dtype(*leaves)  # half-precision inputs iterate in float32
     log_q = log_q.astype(dtype)
     if num_steps == 0:
         return log_q
