@@ -1,0 +1,644 @@
+"""PAC-CRF: mean-field inference with pixel-adaptive pairwise terms (pure functions, NHWC).
+
+A PAC-CRF has a unary term (segmentation logits ``[B, H, W, C]``) and a list of pairwise terms.
+Each term is described by a static :class:`PairwiseTerm` and holds parameters in a
+:class:`TermParams`. One mean-field step is::
+
+    Q = softmax(logQ)                       # over the label axis
+    logQ = unary * unary_weight
+    for every term i:
+        Qb = blur_pool(Q, b_i)               # average pooling (if blur > 1)
+        m = messenger_i(Qb, K_i)             # PAC of Q with the edge kernel K_i (or a plain conv)
+        m = compat_i(m)                      # 1x1 conv for "2d" terms
+        m = blur_upsample(m, b_i, (H, W))    # bilinear upsampling + crop (if blur > 1)
+        logQ = logQ - pairwise_weight_i * m
+
+The edge kernels ``K_i`` (:func:`crf_edge_kernels`) depend only on the edge features and are
+computed once per inference, outside the mean-field loop; the loop is a ``lax.scan`` so compile
+time does not grow with the number of steps.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ppac_jax.ops import geometry as geo
+from ppac_jax.ops.kernel import compute_dtype, pac_kernel
+
+COMPAT_TYPES = ("na", "4d", "2d", "potts")
+FINAL_OUTPUTS = ("log_Q", "softmax", "log_softmax")
+
+
+class PairwiseTerm(NamedTuple):
+    """Static description of one pairwise term.
+
+    Attributes:
+      kernel_size: odd window size ``k`` (window ``k x k``).
+      dilation: window dilation ``d``; the padding is ``(k // 2) * d`` ("same" output size).
+      blur: pooling factor ``b``; ``b > 1`` passes messages on a ``b`` times coarser grid.
+      compat_type: ``"na"`` (plain convolution, no edge kernel), ``"4d"`` (full per-tap
+        ``C x C`` weights), ``"2d"`` (one shared filter, then a learnable ``C x C`` 1x1
+        compatibility) or ``"potts"`` (one shared filter, no compatibility).
+      spatial_filter: for ``"2d"`` / ``"potts"``: a learnable shared filter; otherwise the
+        fixed ``crf_pool`` filter (ones, centre 0). Ignored by ``"na"`` and ``"4d"``.
+    """
+
+    kernel_size: int
+    dilation: int = 1
+    blur: int = 1
+    compat_type: str = "4d"
+    spatial_filter: bool = True
+
+    @property
+    def padding(self) -> int:
+        return (self.kernel_size // 2) * self.dilation
+
+    @property
+    def has_edge_kernel(self) -> bool:
+        return self.compat_type != "na"
+
+    @property
+    def shared_filters(self) -> bool:
+        return self.compat_type in ("2d", "potts")
+
+    def messenger_shape(self, channels: int):
+        """HWIO shape of the messenger weight."""
+        k = self.kernel_size
+        return (k, k, 1, 1) if self.shared_filters else (k, k, channels, channels)
+
+
+class TermParams(NamedTuple):
+    """Parameters of one pairwise term (a pytree).
+
+    Attributes:
+      messenger: HWIO weight, ``[k, k, C, C]`` (``"na"``, ``"4d"``) or ``[k, k, 1, 1]``
+        (``"2d"``, ``"potts"``).
+      weight: scalar pairwise weight (``potts`` terms store it already negated, as the original).
+      compat: ``[C, C]`` (input, output) compatibility of ``"2d"`` terms, else ``None``.
+    """
+
+    messenger: Any
+    weight: Any
+    compat: Any = None
+
+
+def make_term(kernel_size, dilation=1, blur=1, compat_type="4d",
+              spatial_filter=True) -> PairwiseTerm:
+    """Validated :class:`PairwiseTerm` (raises ``ValueError`` naming the bad argument)."""
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, (int, np.integer)) \
+            or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be an odd positive int, got {kernel_size!r}")
+    for name, value in (("dilation", dilation), ("blur", blur)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if compat_type not in COMPAT_TYPES:
+        raise ValueError(f"compat_type must be one of {COMPAT_TYPES}, got {compat_type!r}")
+    return PairwiseTerm(int(kernel_size), int(dilation), int(blur), compat_type,
+                        bool(spatial_filter))
+
+
+# --------------------------------------------------------------------------------------------
+# edge features
+
+
+def position_features(shape, scales=None, *, batch: int = 1):
+    """Pixel coordinates ``[y, x]`` divided by ``scales`` (the original ``create_position_feats``).
+
+    Args:
+      shape: ``(H, W)``.
+      scales: ``None`` (no scaling), a number, a pair ``(sy, sx)``, or an array ``[2]``.
+        Python numbers are applied as the float32 factor ``float32(1 / s)``, as the original.
+      batch: leading batch size ``B``.
+
+    Returns:
+      ``[B, H, W, 2]``: channel 0 = row ``y``, channel 1 = column ``x`` (float32, or the
+      promoted dtype of an array ``scales``).
+    """
+    try:
+        height, width = (int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be a pair (H, W), got {shape!r}") from None
+    if height < 1 or width < 1:
+        raise ValueError(f"shape must be positive, got {shape!r}")
+    if int(batch) < 1:
+        raise ValueError(f"batch must be >= 1, got {batch!r}")
+    yy, xx = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    pos = jnp.asarray(np.stack([yy, xx], axis=-1).astype(np.float32)[None])
+    if scales is not None:
+        pos = pos * _inverse_scales(scales, 2, "scales")
+    return jnp.broadcast_to(pos, (int(batch), height, width, 2))
+
+
+def yxrgb_features(image, yx_scale=None, rgb_scale=None, *, scales=None):
+    """``[y/sy, x/sx, r/sr, g/sg, b/sb]`` edge features (the original ``create_YXRGB``).
+
+    Args:
+      image: ``[B, H, W, 3]`` (e.g. RGB in ``[0, 255]``).
+      yx_scale, rgb_scale: numbers (or arrays ``[2]`` / ``[3]``) dividing the positions and the
+        colours; python numbers act as ``float32(1 / s)`` like the original.
+      scales: alternatively one array ``[5]`` = ``[sy, sx, sr, sg, sb]`` (differentiable);
+        exclusive with ``yx_scale`` / ``rgb_scale``.
+
+    Returns:
+      ``[B, H, W, 5]`` in the promoted dtype of ``image`` (positions are float32).
+    """
+    geo.check_rank(image, 4, "image", "B, H, W, C")
+    if scales is not None:
+        if yx_scale is not None or rgb_scale is not None:
+            raise ValueError("pass either scales or yx_scale/rgb_scale, not both")
+        scales = jnp.asarray(scales)
+        if scales.shape != (2 + image.shape[-1],):
+            raise ValueError(f"scales must have shape ({2 + image.shape[-1]},) = [sy, sx, "
+                             f"per-channel], got {scales.shape}")
+        yx_scale, rgb_scale = scales[:2], scales[2:]
+    elif yx_scale is None or rgb_scale is None:
+        raise ValueError("yxrgb_features needs yx_scale and rgb_scale (or scales)")
+    pos = position_features(image.shape[1:3], yx_scale, batch=image.shape[0])
+    colour = image * _inverse_scales(rgb_scale, image.shape[-1], "rgb_scale")
+    dtype = jnp.result_type(pos, colour)
+    return jnp.concatenate([pos.astype(dtype), colour.astype(dtype)], axis=-1)
+
+
+def _inverse_scales(scales, n, name):
+    if isinstance(scales, (int, float, np.integer, np.floating)) and not isinstance(scales, bool):
+        return jnp.asarray(np.float32(1.0 / float(scales)))
+    if isinstance(scales, (list, tuple)) and all(isinstance(s, (int, float)) for s in scales):
+        if len(scales) != n:
+            raise ValueError(f"{name} must be a number or have {n} entries, got {scales!r}")
+        return jnp.asarray(np.array([1.0 / float(s) for s in scales], np.float32))
+    scales = jnp.asarray(scales)
+    if scales.shape not in ((), (n,)):
+        raise ValueError(f"{name} must be a scalar or have shape ({n},), got {scales.shape}")
+    return 1 / scales
+
+
+# --------------------------------------------------------------------------------------------
+# blur: average pooling down, bilinear upsampling back
+
+
+def blur_padding(size: int, blur: int) -> int:
+    """Symmetric padding of the blur pooling along an axis of length ``size``."""
+    return ((blur - size % blur) % blur + 1) // 2
+
+
+def blur_size(size: int, blur: int) -> int:
+    """Length of the pooled axis."""
+    return (size + 2 * blur_padding(size, blur) - blur) // blur + 1
+
+
+def blur_pool(x, blur: int):
+    """Average pooling ``blur x blur``, stride ``blur``, symmetric ceil padding, padding excluded.
+
+    Equals PyTorch ``avg_pool2d(x, b, stride=b, padding=((b - n % b) % b + 1) // 2,
+    count_include_pad=False)`` per spatial axis of length ``n``.
+
+    Args:
+      x: ``[B, H, W, C]``.
+      blur: positive int; 1 returns ``x``.
+
+    Returns:
+      ``[B, Hb, Wb, C]`` with ``Hb = blur_size(H, blur)``.
+    """
+    geo.check_rank(x, 4, "x", "B, H, W, C")
+    if blur == 1:
+        return x
+    pads = [(0, 0)] + [(blur_padding(n, blur),) * 2 for n in x.shape[1:3]] + [(0, 0)]
+    window = (1, blur, blur, 1)
+    total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, window, window, pads)
+    ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
+    count = lax.reduce_window(ones, np.array(0, x.dtype), lax.add, window, window, pads)
+    return total / count
+
+
+def _upsample_axis(x, axis: int, blur: int, out_len: int, offset: int):
+    """Bilinear (align_corners=False) upsampling by ``blur`` along ``axis``, rows
+    ``offset .. offset + out_len`` of the upsampled axis only."""
+    n = x.shape[axis]
+    dst = np.arange(offset, offset + out_len, dtype=np.float64)
+    src = np.maximum((dst + 0.5) / blur - 0.5, 0.0)
+    lo = np.floor(src).astype(np.int64)
+    frac = src - lo
+    lo = np.minimum(lo, n - 1)
+    hi = np.minimum(lo + 1, n - 1)
+    shape = [1] * x.ndim
+    shape[axis] = out_len
+    frac = jnp.asarray(frac.reshape(shape), x.dtype)
+    return (jnp.take(x, jnp.asarray(lo), axis=axis) * (1 - frac)
+            + jnp.take(x, jnp.asarray(hi), axis=axis) * frac)
+
+
+def blur_upsample(x, blur: int, out_size):
+    """Undo :func:`blur_pool`'s resolution change: bilinear upsampling by ``blur``
+    (PyTorch ``interpolate(scale_factor=b, mode="bilinear", align_corners=False)``), then the
+    crop ``[pad : pad + H, pad : pad + W]`` with the pooling's padding.
+
+    Args:
+      x: ``[B, Hb, Wb, C]`` on the pooled grid.
+      blur: the pooling factor.
+      out_size: ``(H, W)`` of the full-resolution grid.
+
+    Returns:
+      ``[B, H, W, C]``.
+    """
+    geo.check_rank(x, 4, "x", "B, Hb, Wb, C")
+    if blur == 1:
+        return x
+    for a in range(2):
+        expected = blur_size(out_size[a], blur)
+        if x.shape[1 + a] != expected:
+            raise ValueError(f"x spatial size {x.shape[1:3]} is not the blurred size of "
+                             f"{tuple(out_size)} with blur={blur}")
+        x = _upsample_axis(x, 1 + a, blur, out_size[a], blur_padding(out_size[a], blur))
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# edge kernels and messages
+
+
+def _term_features(edge_features, terms):
+    """Per-term edge features (``None`` for ``na`` terms), pooled by the term's blur."""
+    if isinstance(edge_features, (list, tuple)):
+        if len(edge_features) != len(terms):
+            raise ValueError(f"edge_features list must have one entry per pairwise term "
+                             f"({len(terms)}), got {len(edge_features)}")
+        per_term = list(edge_features)
+        shared = False
+    else:
+        per_term = [edge_features] * len(terms)
+        shared = True
+    pooled_cache = {}
+    result = []
+    for i, (term, feat) in enumerate(zip(terms, per_term)):
+        if not term.has_edge_kernel:
+            result.append(None)
+            continue
+        if feat is None:
+            raise ValueError(f"edge_features[{i}] is None but pairwise term {i} "
+                             f"({term.compat_type!r}) needs edge features")
+        geo.check_rank(feat, 4, f"edge_features[{i}]" if not shared else "edge_features",
+                       "B, H, W, D")
+        key = (term.blur if shared else (i, term.blur))
+        if key not in pooled_cache:
+            pooled_cache[key] = blur_pool(feat, term.blur)
+        result.append(pooled_cache[key])
+    return result
+
+
+def crf_edge_kernels(edge_features, terms: Sequence[PairwiseTerm]):
+    """Gaussian edge kernels of every pairwise term (compute once per inference).
+
+    Args:
+      edge_features: ``[B, H, W, D]`` shared by all terms, or a list with one ``[B, H, W, D_i]``
+        entry per term (entries of ``na`` terms are ignored and may be ``None``).
+      terms: the pairwise terms.
+
+    Returns:
+      list with, per term, ``[B, Hb, Wb, k, k]`` (``Hb, Wb``: the grid pooled by the term's
+      blur) = ``pac_kernel(blur_pool(f, b), k, padding=(k//2)*d, dilation=d)``, or ``None``
+      for ``na`` terms.
+    """
+    feats = _term_features(edge_features, terms)
+    kernels = []
+    for term, feat in zip(terms, feats):
+        if feat is None:
+            kernels.append(None)
+            continue
+        kern, _ = pac_kernel(feat, term.kernel_size, padding=term.padding,
+                             dilation=term.dilation)
+        kernels.append(kern)
+    return kernels
+
+
+def crf_message(q, kernel, term: PairwiseTerm, params: TermParams):
+    """Message of one pairwise term (before the pairwise weight), on the full grid.
+
+    Args:
+      q: ``[B, H, W, C]`` label distribution.
+      kernel: ``[B, Hb, Wb, k, k]`` edge kernel of the term (``None`` for ``na``).
+      term: the term's description.
+      params: the term's parameters.
+
+    Returns:
+      ``[B, H, W, C]``.
+    """
+    out_size = q.shape[1:3]
+    qb = blur_pool(q, term.blur)
+    if term.compat_type == "na":
+        m = _plain_conv(qb, params.messenger, dilation=term.dilation)
+    else:
+        m = _pac_message(qb, kernel, params.messenger, dilation=term.dilation,
+                         shared_filters=term.shared_filters)
+    if term.compat_type == "2d":
+        m = jnp.einsum("bhwc,co->bhwo", m, params.compat.astype(m.dtype),
+                       precision=lax.Precision.HIGHEST)
+    return blur_upsample(m, term.blur, out_size)
+
+
+def _plain_conv(q, weight, *, dilation):
+    """'same' convolution of ``q`` with an HWIO weight (the ``na`` messenger)."""
+    k = weight.shape[0]
+    pad = (k // 2) * dilation
+    dtype = jnp.result_type(q, weight)
+    return lax.conv_general_dilated(q.astype(dtype), weight.astype(dtype), (1, 1),
+                                    [(pad, pad), (pad, pad)], rhs_dilation=(dilation, dilation),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                    precision=lax.Precision.HIGHEST)
+
+
+def _pac_message(q, kernel, weight, *, dilation, shared_filters):
+    """PAC of ``q`` with the edge kernel, "same" size: ``pac_conv2d(q, kernel, weight,
+    padding=(k // 2) * dilation, dilation=dilation, shared_filters=...)``."""
+    dtype = compute_dtype(q, kernel, weight)
+    out = _window_message(q.astype(dtype), kernel.astype(dtype), weight.astype(dtype),
+                          dilation, not shared_filters)
+    return out.astype(jnp.result_type(q, kernel, weight))
+
+
+# Pixels per band: a band's tap matrix [pixels, k*k*C] stays in cache.
+_BAND_PIXELS = 1024
+# Tap rows are unrolled up to this kernel size (fast); larger kernels loop (fast to compile).
+_UNROLL_MAX_K = 7
+
+
+class _Bands(NamedTuple):
+    rows: int     # rows per band
+    count: int    # number of bands
+    extra: int    # rows added at the bottom so that count * rows covers the image
+    pad: int      # "same" padding (k // 2) * d
+
+
+def _bands(q, k, dilation) -> _Bands:
+    batch, height, width, _ = q.shape
+    rows = min(height, max(1, _BAND_PIXELS // max(1, batch * width)))
+    count = -(-height // rows)
+    return _Bands(rows, count, count * rows - height, (k // 2) * dilation)
+
+
+def _pad_rows(x, extra):
+    return jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2)) if extra else x
+
+
+def _row_taps(q_pad, r0, i, k, dilation, rows, width):
+    """Shifted ``q`` of the taps ``(i, 0..k-1)`` for the band at row ``r0``: ``[B, R, W, C]``."""
+    q_rows = lax.dynamic_slice_in_dim(q_pad, r0 + i * dilation, rows, axis=1)
+    return [lax.slice_in_dim(q_rows, j * dilation, j * dilation + width, axis=2)
+            for j in range(k)]
+
+
+def _unband(ys, height):
+    """``[bands, B, R, ...]`` -> ``[B, bands * R, ...]`` cropped to ``height`` rows."""
+    ys = jnp.moveaxis(ys, 0, 1)
+    return ys.reshape(ys.shape[0], -1, *ys.shape[3:])[:, :height]
+
+
+def _weight_rows(weight, dense):
+    """Per tap row: ``[k, k*C, O]`` (dense) or ``[k, k]`` (one scalar per tap)."""
+    k = weight.shape[0]
+    return weight.reshape(k, k * weight.shape[2], -1) if dense else weight.reshape(k, k)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _window_message(q, kernel, weight, dilation, dense):
+    """``y[o] = sum_t K[o, t] * q_pad[o + d t] @ W[t]`` ("same" zero padding), in row bands.
+
+    ``dense``: ``W`` is ``[k, k, C, O]``; per band and tap row the taps ``[pixels, k*C]``
+    (kernel times shifted q) are multiplied by ``W[i]`` reshaped to ``[k*C, O]``: one
+    well-shaped GEMM instead of ``k`` thin ones. Otherwise ``W`` is ``[k, k, 1, 1]`` (one scalar
+    per tap). Bands and tap rows are loops, so only one band's taps are alive at a time
+    (forward and backward, custom VJP) and compile time does not grow with ``k * k``.
+    """
+    batch, height, width, channels = q.shape
+    k = weight.shape[0]
+    b = _bands(q, k, dilation)
+    q_pad = geo.pad_spatial(q, [(b.pad, b.pad + b.extra), (b.pad, b.pad)])
+    k_pad = _pad_rows(kernel, b.extra)
+    w_rows = _weight_rows(weight, dense)
+    out_channels = weight.shape[-1] if dense else channels
+
+    def band(r0):
+        k_band = lax.dynamic_slice_in_dim(k_pad, r0, b.rows, axis=1)
+
+        def row_taps(i):
+            q_taps = _row_taps(q_pad, r0, i, k, dilation, b.rows, width)
+            k_row = lax.dynamic_index_in_dim(k_band, i, axis=3, keepdims=False)  # [B,R,W,k]
+            return [(q_t, k_row[..., j, None]) for j, q_t in enumerate(q_taps)]
+
+        def row(i, acc):
+            w_row = lax.dynamic_index_in_dim(w_rows, i, axis=0, keepdims=False)
+            taps = row_taps(i)
+            if dense:
+                a = jnp.concatenate([q_t * k_t for q_t, k_t in taps], axis=-1)
+                return acc + jnp.dot(a, w_row, precision=lax.Precision.HIGHEST)
+            for j, (q_t, k_t) in enumerate(taps):
+                acc = acc + q_t * (k_t * w_row[j])
+            return acc
+
+        if dense and k <= _UNROLL_MAX_K:  # all taps in one GEMM [pixels, k*k*C] @ [k*k*C, O]
+            a = jnp.concatenate([q_t * k_t for i in range(k) for q_t, k_t in row_taps(i)],
+                                axis=-1)
+            return jnp.dot(a, w_rows.reshape(k * k * channels, -1),
+                           precision=lax.Precision.HIGHEST)
+        acc = jnp.zeros((batch, b.rows, width, out_channels), q.dtype)
+        return lax.fori_loop(0, k, row, acc, unroll=k <= _UNROLL_MAX_K)
+
+    return _unband(lax.map(band, jnp.arange(b.count) * b.rows), height)
+
+
+def _window_message_fwd(q, kernel, weight, dilation, dense):
+    return _window_message(q, kernel, weight, dilation, dense), (q, kernel, weight)
+
+
+def _window_message_bwd(dilation, dense, residuals, ct):
+    q, kernel, weight = residuals
+    batch, height, width, channels = q.shape
+    k = weight.shape[0]
+    b = _bands(q, k, dilation)
+    q_pad = geo.pad_spatial(q, [(b.pad, b.pad + b.extra), (b.pad, b.pad)])
+    k_pad = _pad_rows(kernel, b.extra)
+    ct_pad = _pad_rows(ct, b.extra)
+    w_rows = _weight_rows(weight, dense)
+
+    def band(carry, r0):
+        k_band = lax.dynamic_slice_in_dim(k_pad, r0, b.rows, axis=1)
+        ct_band = lax.dynamic_slice_in_dim(ct_pad, r0, b.rows, axis=1)        # [B, R, W, O]
+
+        def row(i, carry):
+            dq_pad, dw, dk = carry
+            q_taps = _row_taps(q_pad, r0, i, k, dilation, b.rows, width)
+            k_row = lax.dynamic_index_in_dim(k_band, i, axis=3, keepdims=False)  # [B,R,W,k]
+            w_row = lax.dynamic_index_in_dim(w_rows, i, axis=0, keepdims=False)
+            k_taps = [k_row[..., j, None] for j in range(k)]
+            if dense:
+                a = jnp.concatenate([q_t * k_t for q_t, k_t in zip(q_taps, k_taps)], axis=-1)
+                dw_row = jnp.einsum("brwk,brwo->ko", a, ct_band, precision=lax.Precision.HIGHEST)
+                g = jnp.dot(ct_band, w_row.T, precision=lax.Precision.HIGHEST)  # [B,R,W,kC]
+                grads = [g[..., j * channels:(j + 1) * channels] for j in range(k)]
+            else:
+                dw_row = jnp.stack([jnp.sum(q_t * k_t * ct_band)
+                                    for q_t, k_t in zip(q_taps, k_taps)])
+                grads = [ct_band * w_row[j] for j in range(k)]
+            dw = lax.dynamic_update_index_in_dim(
+                dw, lax.dynamic_index_in_dim(dw, i, 0, keepdims=False) + dw_row, i, 0)
+            dk_row = jnp.stack([jnp.sum(q_t * g_t, axis=-1) for q_t, g_t in zip(q_taps, grads)],
+                               axis=-1)
+            dk = lax.dynamic_update_index_in_dim(dk, dk_row, i, axis=3)
+            slab = jnp.zeros((batch, b.rows, width + 2 * b.pad, channels), q.dtype)
+            for j in range(k):
+                slab = slab.at[:, :, j * dilation:j * dilation + width].add(k_taps[j] * grads[j])
+            start = (0, r0 + i * dilation, 0, 0)
+            current = lax.dynamic_slice(dq_pad, start, slab.shape)
+            return lax.dynamic_update_slice(dq_pad, current + slab, start), dw, dk
+
+        dq_pad, dw = carry
+        dk = jnp.zeros_like(k_band)
+        dq_pad, dw, dk = lax.fori_loop(0, k, row, (dq_pad, dw, dk))
+        return (dq_pad, dw), dk
+
+    init = (jnp.zeros_like(q_pad), jnp.zeros(w_rows.shape, weight.dtype))
+    (dq_pad, dw), dk = lax.scan(band, init, jnp.arange(b.count) * b.rows)
+    dq = dq_pad[:, b.pad:b.pad + height, b.pad:b.pad + width]
+    return dq, _unband(dk, height), dw.reshape(weight.shape)
+
+
+_window_message.defvjp(_window_message_fwd, _window_message_bwd)
+
+
+def mean_field_step(log_q, unary, kernels, terms: Sequence[PairwiseTerm],
+                    params: Sequence[TermParams], unary_weight=1.0):
+    """One mean-field update.
+
+    Args:
+      log_q: ``[B, H, W, C]`` current (unnormalised) log marginals.
+      unary: ``[B, H, W, C]`` unary logits.
+      kernels: edge kernels from :func:`crf_edge_kernels`.
+      terms, params: one :class:`PairwiseTerm` / :class:`TermParams` per pairwise term.
+      unary_weight: scalar.
+
+    Returns:
+      ``[B, H, W, C]`` updated ``log_q``.
+    """
+    q = jax.nn.softmax(log_q, axis=-1)
+    out = unary * unary_weight
+    for term, kern, p in zip(terms, kernels, params):
+        out = out - crf_message(q, kern, term, p) * p.weight
+    return out
+
+
+def mean_field(unary, kernels, terms: Sequence[PairwiseTerm], params, unary_weight=1.0, *,
+               num_steps: int, log_q=None, untied: bool = False):
+    """``num_steps`` mean-field updates as one ``lax.scan``.
+
+    Args:
+      unary: ``[B, H, W, C]``.
+      kernels: edge kernels from :func:`crf_edge_kernels` (computed once, reused every step).
+      terms: pairwise term descriptions.
+      params: list of :class:`TermParams`; with ``untied=True`` every leaf has a leading
+        ``[num_steps]`` axis (one set per step, as ``PacCRFLoose``).
+      unary_weight: scalar, or ``[num_steps]`` when ``untied``.
+      num_steps: number of updates (0 returns ``log_q``).
+      log_q: initial ``[B, H, W, C]`` log marginals; default the unscaled ``unary``.
+
+    Returns:
+      ``[B, H, W, C]`` final ``log_q``.
+    """
+    _check_inputs(unary, kernels, terms, params, untied, num_steps)
+    log_q = unary if log_q is None else log_q
+    if log_q.shape != unary.shape:
+        raise ValueError(f"log_q must have the unary's shape {unary.shape}, got {log_q.shape}")
+    leaves = [unary, log_q] + [k for k in kernels if k is not None] + jax.tree.leaves(params) \
+        + [unary_weight]
+    dtype = compute_dtype(*leaves)  # half-precision inputs iterate in float32
+    log_q = log_q.astype(dtype)
+    if num_steps == 0:
+        return log_q
+
+    if untied:
+        def body(carry, step):
+            p, uw = step
+            return mean_field_step(carry, unary, kernels, terms, p, uw).astype(dtype), None
+        out, _ = lax.scan(body, log_q, (list(params), unary_weight))
+    else:
+        def body(carry, _):
+            return mean_field_step(carry, unary, kernels, terms, params,
+                                   unary_weight).astype(dtype), None
+        out, _ = lax.scan(body, log_q, None, length=num_steps)
+    return out
+
+
+def crf_output(log_q, final_output: str = "log_Q"):
+    """``log_Q`` (unchanged), ``softmax`` or ``log_softmax`` over the label axis."""
+    if final_output == "log_Q":
+        return log_q
+    if final_output == "softmax":
+        return jax.nn.softmax(log_q, axis=-1)
+    if final_output == "log_softmax":
+        return jax.nn.log_softmax(log_q, axis=-1)
+    raise ValueError(f"final_output must be one of {FINAL_OUTPUTS}, got {final_output!r}")
+
+
+def pac_crf(unary, edge_features, terms: Sequence[PairwiseTerm], params, unary_weight=1.0, *,
+            num_steps: int, final_output: str = "log_Q", log_q=None, edge_kernels=None,
+            untied: bool = False):
+    """Full PAC-CRF inference: edge kernels once, ``num_steps`` mean-field updates, output.
+
+    Args:
+      unary: ``[B, H, W, C]`` unary logits.
+      edge_features: ``[B, H, W, D]`` shared by all terms, or a list with one entry per term
+        (``na`` entries ignored); unused when ``edge_kernels`` is given.
+      terms: list of :class:`PairwiseTerm`.
+      params: list of :class:`TermParams` (leading ``[num_steps]`` axis if ``untied``).
+      unary_weight: scalar (``[num_steps]`` if ``untied``).
+      num_steps: mean-field iterations.
+      final_output: ``"log_Q"``, ``"softmax"`` or ``"log_softmax"``.
+      log_q: optional initial log marginals (default: ``unary``).
+      edge_kernels: optional precomputed :func:`crf_edge_kernels`.
+      untied: one parameter set per step.
+
+    Returns:
+      ``[B, H, W, C]``.
+    """
+    geo.check_rank(unary, 4, "unary", "B, H, W, C")
+    if final_output not in FINAL_OUTPUTS:
+        raise ValueError(f"final_output must be one of {FINAL_OUTPUTS}, got {final_output!r}")
+    if edge_kernels is None:
+        if edge_features is None and any(t.has_edge_kernel for t in terms):
+            raise ValueError("edge_features is required (or pass edge_kernels)")
+        edge_kernels = crf_edge_kernels(edge_features, terms) if edge_features is not None \
+            else [None] * len(terms)
+    log_q = mean_field(unary, edge_kernels, terms, params, unary_weight, num_steps=num_steps,
+                       log_q=log_q, untied=untied)
+    return crf_output(log_q, final_output)
+
+
+def _check_inputs(unary, kernels, terms, params, untied, num_steps):
+    geo.check_rank(unary, 4, "unary", "B, H, W, C")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
+        raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
+    if not (len(terms) == len(kernels) == len(params)):
+        raise ValueError(f"terms ({len(terms)}), kernels ({len(kernels)}) and params "
+                         f"({len(params)}) must have one entry per pairwise term")
+    batch, height, width, channels = unary.shape
+    lead = (num_steps,) if untied else ()
+    for i, (term, kern, p) in enumerate(zip(terms, kernels, params)):
+        expected = lead + term.messenger_shape(channels)
+        if tuple(jnp.shape(p.messenger)) != expected:
+            raise ValueError(f"params[{i}].messenger must have shape {expected} for a "
+                             f"{term.compat_type!r} term with {channels} labels, got "
+                             f"{jnp.shape(p.messenger)}")
+        if term.compat_type == "2d" and tuple(jnp.shape(p.compat)) != lead + (channels, channels):
+            raise ValueError(f"params[{i}].compat must have shape {lead + (channels, channels)}, "
+                             f"got {jnp.shape(p.compat)}")
+        if term.has_edge_kernel:
+            size = (blur_size(height, term.blur), blur_size(width, term.blur))
+            k = term.kernel_size
+            expected_k = (batch, *size, k, k)
+            if kern is None or tuple(kern.shape) != expected_k:
+                raise ValueError(f"edge kernel {i} must have shape {expected_k}, got "
+                                 f"{getattr(kern, 'shape', None)}")
