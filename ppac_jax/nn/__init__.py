@@ -1,6 +1,7 @@
 """Flax NNX modules built from :mod:`ppac_jax.ops`."""
 
 from ppac_jax.nn import fillers
+from ppac_jax.nn.crf import PacCRF, PacCRFLoose
 from ppac_jax.nn.layers import (Buffer, Conv2d, NormalizedPacConv2d, PacConv2d,
                                 PacConvTranspose2d, PacPool2d, ProbPacConv2d, ReLU)
 from ppac_jax.nn.refine import PacNetAdvancedNormalization, PPacNet
@@ -17,4 +18,6 @@ __all__ = [
     "ReLU",
     "PPacNet",
     "PacNetAdvancedNormalization",
+    "PacCRF",
+    "PacCRFLoose",
 ]
