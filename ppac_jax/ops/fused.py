@@ -202,8 +202,9 @@ def _fused(src: _Sources, weight, bias, k, out_size, d, shared_filters, kopts, s
     guide = src.guide.astype(dtype)
     gp = src.guide_pad
     guide_padded = geo.pad_spatial(guide, [(gp[0], gp[0]), (gp[1], gp[1])])
-    centre = centre_features(guide, guide_padded, k, out_size, src.stride, d, gp,
-                             None if smooth_kernel is None else jnp.asarray(smooth_kernel, dtype))
+    # Without smoothing the centre is a tap of the padded guide: read it inside the loop.
+    centre = None if smooth_kernel is None else centre_features(
+        guide, guide_padded, k, out_size, src.stride, d, gp, jnp.asarray(smooth_kernel, dtype))
 
     valid = ratio = None
     if mask is not None or normalize:
@@ -221,7 +222,8 @@ def _fused(src: _Sources, weight, bias, k, out_size, d, shared_filters, kopts, s
     else:
         w = weight.reshape(k[0] * k[1], channels, weight.shape[-1])
     plan = tap_loop.Plan(k, out_size, d, src.stride, dense=not shared_filters, fused=True,
-                         kernel_type=kernel_type, asym=asym, with_sum=normalize)
+                         kernel_type=kernel_type, asym=asym, with_sum=normalize,
+                         centre_tap=-1 if centre is not None else (k[0] // 2) * k[1] + k[1] // 2)
     ph = lambda a: tap_loop.to_phases(a, src.stride)
     u, n = tap_loop.window_sum(ph(x.astype(dtype)), ph(guide_padded),
                                None if valid is None else ph(valid), centre, w.astype(dtype),
@@ -260,10 +262,11 @@ def _fused_depthwise(x, guide, weight, stride, padding, dilation, kernel_type, a
     pads = [(p[0], p[0]), (p[1], p[1])]
     guide = guide.astype(dtype)
     guide_padded = geo.pad_spatial(guide, pads)
-    centre = centre_features(guide, guide_padded, k, out_size, s, d, p,
-                             None if smooth_kernel is None else jnp.asarray(smooth_kernel, dtype))
+    centre = None if smooth_kernel is None else centre_features(
+        guide, guide_padded, k, out_size, s, d, p, jnp.asarray(smooth_kernel, dtype))
     plan = tap_loop.Plan(k, out_size, d, s, dense=False, fused=True, kernel_type=kernel_type,
-                         asym=asym)
+                         asym=asym,
+                         centre_tap=-1 if centre is not None else (k[0] // 2) * k[1] + k[1] // 2)
     ph = lambda a: tap_loop.to_phases(a, s)
     u, _ = tap_loop.window_sum(ph(geo.pad_spatial(x.astype(dtype), pads)), ph(guide_padded), None,
                                centre, weight.reshape(k[0] * k[1], -1).astype(dtype),

@@ -46,6 +46,7 @@ class Plan(NamedTuple):
     kernel_type: str = "gaussian"
     asym: bool = False
     with_sum: bool = False    # also return N = sum_t K_t v_t
+    centre_tap: int = -1      # fused without a centre array: the centre is this tap's guide
     group: int = DEFAULT_GROUP
 
 
@@ -70,7 +71,9 @@ def window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
         ``[T, B, Ho, Wo, 1 or C]``.
       v_ph: ``[sh, sw, B or 1, Hq, Wq, 1]`` validity phases, or ``None`` (all valid).
         Not differentiated.
-      centre: ``[B, Ho, Wo, D]`` window-centre features (fused), else ``None``.
+      centre: ``[B, Ho, Wo, D]`` window-centre features (fused), else ``None``; with
+        ``plan.centre_tap >= 0`` the centre is read from the guide phases in the loop instead
+        (no centre-sized buffers, forward or backward).
       weight: ``[T, C, O]`` (dense) or ``[T, C or 1]``.
       params: ``()`` or ``(inv_alpha, inv_lambda)`` for ``kernel_type="inv"``.
 
@@ -129,6 +132,10 @@ def _gather(x_ph, ksrc, v_ph, weight, t0, size, plan: Plan):
     return xs, ks, vs, _leading(weight, t0, size)
 
 
+def _centre(ksrc, centre, plan: Plan):
+    return _window(ksrc, plan.centre_tap, plan) if plan.centre_tap >= 0 else centre
+
+
 def _group_terms(xs, ks, vs, centre, ws, params, plan: Plan):
     """Contribution of one group of taps to ``(U, N)``."""
     kernels = []
@@ -168,7 +175,8 @@ def _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
 
     def step(t0, size, carry):
         xs, ks, vs, ws = _gather(x_ph, ksrc, v_ph, weight, t0, size, plan)
-        du, dn = _group_terms(xs, ks, vs, centre, ws, params, plan)
+        c = _centre(ksrc, centre, plan)
+        du, dn = _group_terms(xs, ks, vs, c, ws, params, plan)
         u, n = carry
         return u + du, (None if dn is None else n + dn)
 
@@ -191,8 +199,10 @@ def _window_sum_bwd(plan, residuals, cotangents):
         dx, dk, dc, dw, dp = carry
         xs, ks, vs, ws = _gather(x_ph, ksrc, v_ph, weight, t0, size, plan)
         terms = lambda xs, ks, c, ws, p: _group_terms(xs, ks, vs, c, ws, p, plan)
-        _, vjp = jax.vjp(terms, xs, ks, centre, ws, params)
+        _, vjp = jax.vjp(terms, xs, ks, _centre(ksrc, centre, plan), ws, params)
         gx, gk, gc, gw, gp = vjp(cotangents)
+        if plan.centre_tap >= 0:
+            dk = _window_add(dk, gc, plan.centre_tap, plan)
         for g in range(size):
             dx = _window_add(dx, gx[g], t0 + g, plan)
             if plan.fused:
