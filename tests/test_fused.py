@@ -223,3 +223,33 @@ def test_fused_golden(name):
                             lv.get("param_bias"), **args, **kopts)}
 
     _check_case(g, fn, leaves, {}, {"output": (G.nchw, G.to_nchw)})
+
+
+@pytest.mark.parametrize("case", [(5, 1, 2, 1, False, True, True), (3, 2, 1, 2, True, False, True)])
+def test_fused_row_strips_match_two_step(case, monkeypatch):
+    """Large outputs are processed in strips of rows; force small strips on a small problem."""
+    from ppac_jax.ops import tap_loop
+    monkeypatch.setattr(tap_loop, "STRIP_BYTES", 1)      # the minimum: 8 output rows a strip
+    k, s, p, d, shared, normalize, with_mask = case
+    r, rng = _random(7 + k)
+    b, h, w, c, o = 2, 37, 9, 3, 2
+    x, guide = r(b, h, w, c), r(b, h, w, 2)
+    weight = r(k, k, 1, 1) if shared else r(k, k, c, o)
+    mask = jnp.asarray((rng.random((b, h, w, 1)) > 0.3).astype(np.float64)) if with_mask else None
+    geom = dict(stride=s, padding=p, dilation=d)
+
+    def two_step(x, guide, weight):
+        kern, _ = ops.pac_kernel(guide, k, mask=mask, normalize=normalize, **geom)
+        return ops.pac_conv2d(x, kern, weight, shared_filters=shared, impl="patches", **geom)
+
+    def fused(x, guide, weight):
+        y = ops.fused_pac_conv2d(x, guide, weight, shared_filters=shared, mask=mask,
+                                 normalize=normalize, **geom)
+        return y[0] if with_mask else y
+
+    def loop(x, guide, weight):
+        kern, _ = ops.pac_kernel(guide, k, mask=mask, normalize=normalize, **geom)
+        return ops.pac_conv2d(x, kern, weight, shared_filters=shared, impl="loop", **geom)
+
+    _compare(two_step, fused, (x, guide, weight), seed=8)
+    _compare(two_step, loop, (x, guide, weight), seed=8)

@@ -33,6 +33,10 @@ from ppac_jax.ops.kernel import kernel_from_distance, tap_distance
 # Taps handled per loop step: enough to amortise the loop overhead and feed the (dense) matmul
 # with ``group * C`` input channels, few enough to keep the memory flat in the kernel size.
 DEFAULT_GROUP = 1
+# Output strips are sized so that one strip of the input is about this big: the loop over taps
+# then runs on data that stays in cache (much faster than streaming whole images per tap on
+# CPU), and the backward pass's per-tap temporaries are strip-sized.
+STRIP_BYTES = 1 << 18
 
 
 class Plan(NamedTuple):
@@ -47,6 +51,7 @@ class Plan(NamedTuple):
     asym: bool = False
     with_sum: bool = False    # also return N = sum_t K_t v_t
     centre_tap: int = -1      # fused without a centre array: the centre is this tap's guide
+    rows: int = -1            # output rows per strip (0: no strips, -1: choose, see STRIP_BYTES)
     group: int = DEFAULT_GROUP
 
 
@@ -80,7 +85,63 @@ def window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
     Returns:
       ``U [B, Ho, Wo, O or C]`` and ``N [B, Ho, Wo, 1]`` or ``None``.
     """
-    return _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan)
+    out_h, out_w = plan.out_size
+    rows = plan.rows
+    if rows < 0:
+        row_bytes = x_ph.shape[2] * out_w * max(x_ph.shape[5], 8) * x_ph.dtype.itemsize
+        rows = max(8, STRIP_BYTES // row_bytes)
+    if rows == 0 or rows * 2 > out_h:
+        return _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan._replace(rows=0))
+    strips = -(-out_h // rows)
+    padded_h = strips * rows
+    need = padded_h + _halo(plan)
+
+    def pad_rows(a, axis, size):
+        if a is None or a.shape[axis] >= size:
+            return a
+        widths = [(0, 0)] * a.ndim
+        widths[axis] = (0, size - a.shape[axis])
+        return jnp.pad(a, widths)
+
+    x_ph, v_ph = pad_rows(x_ph, 3, need), pad_rows(v_ph, 3, need)
+    ksrc = pad_rows(ksrc, 3, need) if plan.fused else pad_rows(ksrc, 2, padded_h)
+    centre = pad_rows(centre, 1, padded_h)
+    u, n = _window_sum(x_ph, ksrc, v_ph, centre, weight, params,
+                       plan._replace(out_size=(padded_h, out_w), rows=rows))
+    return u[:, :out_h], (None if n is None else n[:, :out_h])
+
+
+def _halo(plan: Plan):
+    """Extra source rows (in phase units) a strip of output rows reads."""
+    return ((plan.kernel_size[0] - 1) * plan.dilation[0]) // plan.stride[0]
+
+
+def _rows(a, axis, start, size):
+    if a is None:
+        return None
+    index = [jnp.zeros((), jnp.int32)] * a.ndim
+    index[axis] = jnp.asarray(start, jnp.int32)
+    shape = list(a.shape)
+    shape[axis] = size
+    return lax.dynamic_slice(a, index, shape)
+
+
+def _rows_add(acc, update, axis, start):
+    if acc is None:
+        return None
+    index = [jnp.zeros((), jnp.int32)] * acc.ndim
+    index[axis] = jnp.asarray(start, jnp.int32)
+    current = lax.dynamic_slice(acc, index, update.shape)
+    return lax.dynamic_update_slice(acc, current + update, index)
+
+
+def _strip(x_ph, ksrc, v_ph, centre, start, plan: Plan):
+    """The sources of output rows ``start .. start + plan.rows - 1`` and the strip's plan."""
+    span = plan.rows + _halo(plan)
+    inner = plan._replace(out_size=(plan.rows, plan.out_size[1]), rows=0)
+    ks = _rows(ksrc, 3, start, span) if plan.fused else _rows(ksrc, 2, start, plan.rows)
+    return (_rows(x_ph, 3, start, span), ks, _rows(v_ph, 3, start, span),
+            _rows(centre, 1, start, plan.rows)), inner
 
 
 def _tap_index(t, plan: Plan):
@@ -167,6 +228,26 @@ def _steps(plan: Plan):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
 def _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
+    if not plan.rows:
+        return _taps_forward(x_ph, ksrc, v_ph, centre, weight, params, plan)
+    batch, channels = x_ph.shape[2], x_ph.shape[5]
+    out_channels = weight.shape[-1] if plan.dense else channels
+    u0 = jnp.zeros((batch, *plan.out_size, out_channels), x_ph.dtype)
+    n0 = jnp.zeros((batch, *plan.out_size, 1), x_ph.dtype) if plan.with_sum else None
+
+    def body(strip, carry):
+        start = strip * plan.rows
+        sources, inner = _strip(x_ph, ksrc, v_ph, centre, start, plan)
+        du, dn = _taps_forward(*sources, weight, params, inner)
+        u, n = carry
+        at = (jnp.zeros((), jnp.int32), jnp.asarray(start, jnp.int32)) + (jnp.zeros((), jnp.int32),) * 2
+        u = lax.dynamic_update_slice(u, du, at)
+        return u, (None if n is None else lax.dynamic_update_slice(n, dn, at))
+
+    return lax.fori_loop(0, plan.out_size[0] // plan.rows, body, (u0, n0))
+
+
+def _taps_forward(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
     group, full, rest = _steps(plan)
     batch, channels = x_ph.shape[2], x_ph.shape[5]
     out_channels = weight.shape[-1] if plan.dense else channels
@@ -193,6 +274,32 @@ def _window_sum_fwd(x_ph, ksrc, v_ph, centre, weight, params, plan):
 
 def _window_sum_bwd(plan, residuals, cotangents):
     x_ph, ksrc, v_ph, centre, weight, params = residuals
+    dv = None if v_ph is None else jnp.zeros_like(v_ph)
+    if not plan.rows:
+        dx, dk, dc, dw, dp = _taps_backward(x_ph, ksrc, v_ph, centre, weight, params, plan,
+                                            cotangents)
+        return dx, dk, dv, dc, dw, dp
+
+    def body(strip, carry):
+        dx, dk, dc, dw, dp = carry
+        start = strip * plan.rows
+        sources, inner = _strip(x_ph, ksrc, v_ph, centre, start, plan)
+        cts = tuple(_rows(ct, 1, start, plan.rows) for ct in cotangents)
+        gx, gk, gc, gw, gp = _taps_backward(*sources, weight, params, inner, cts)
+        dx = _rows_add(dx, gx, 3, start)
+        dk = _rows_add(dk, gk, 3 if plan.fused else 2, start)
+        dc = _rows_add(dc, gc, 1, start)
+        return (dx, dk, dc, dw + gw, jax.tree_util.tree_map(jnp.add, dp, gp))
+
+    zeros = functools.partial(jax.tree_util.tree_map, jnp.zeros_like)
+    carry = (zeros(x_ph), zeros(ksrc), None if centre is None else zeros(centre), zeros(weight),
+             zeros(params))
+    dx, dk, dc, dw, dp = lax.fori_loop(0, plan.out_size[0] // plan.rows, body, carry)
+    return dx, dk, dv, dc, dw, dp
+
+
+def _taps_backward(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, cotangents):
+    """Gradients ``(dx, dk, dc, dw, dp)`` of one loop over the taps."""
     group, full, rest = _steps(plan)
 
     def step(t0, size, carry):
@@ -220,9 +327,7 @@ def _window_sum_bwd(plan, residuals, cotangents):
     carry = lax.fori_loop(0, full, lambda s, c: step(s * group, group, c), carry)
     if rest:
         carry = step(jnp.asarray(full * group, jnp.int32), rest, carry)
-    dx, dk, dc, dw, dp = carry
-    dv = None if v_ph is None else jnp.zeros_like(v_ph)
-    return dx, dk, dv, dc, dw, dp
+    return carry
 
 
 _window_sum.defvjp(_window_sum_fwd, _window_sum_bwd)
