@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+# Memory ratios to the floor are only shown where the floor's temporaries are at least this.
+MIN_FLOOR_TEMP = 1 << 20
 # Skip an implementation when its estimated peak exceeds this (bytes); the machine is shared.
 MEMORY_CAP = 3 << 30
 
@@ -213,6 +215,8 @@ def format_table(rows):
     head = ("| case | impl | fwd s | fwd+bwd s | x floor | temp fwd MB | temp f+b MB | x floor mem "
             "| peak RSS MB |")
     lines = [head, "|" + "---|" * 9]
+    floor_temp = {row["case"]: row["result"].get("temp_fwd_bwd_bytes") or 0 for row in rows
+                  if row["impl"] == "floor"}
     for row in rows:
         r = row["result"]
         if "error" in r or "skipped" in r:
@@ -222,11 +226,53 @@ def format_table(rows):
         impl = row["impl"] + (f" ({r['auto_pick']})" if row["impl"] == "auto" else "")
         ratio = r.get("ratio_floor")
         mem_ratio = r.get("mem_ratio_floor")
+        if floor_temp.get(row["case"], 0) < MIN_FLOOR_TEMP:
+            mem_ratio = None        # the floor needs (almost) no temporaries: no ratio
         lines.append(
             f"| {row['case']} | {impl} | {_fmt_s(r['fwd_s'])} | {_fmt_s(r['fwd_bwd_s'])} | "
             f"{'-' if ratio is None else f'{ratio:.2f}'} | {_fmt_mb(r['temp_fwd_bytes'])} | "
             f"{_fmt_mb(r['temp_fwd_bwd_bytes'])} | "
             f"{'-' if mem_ratio is None else f'{mem_ratio:.2f}'} | {_fmt_mb(r['peak_rss_bytes'])} |")
+    return "\n".join(lines)
+
+
+def check_targets(rows):
+    """The issue's targets, evaluated on measured rows: list of ``(target, value, met)``."""
+    res = {(r["case"], r["impl"]): r["result"] for r in rows}
+    out = []
+
+    def get(case, impl, key):
+        return res.get((case, impl), {}).get(key)
+
+    for (case, impl), r in res.items():
+        spec = next(row["spec"] for row in rows if row["case"] == case)
+        if impl == "fused" and "ratio_floor" in r:
+            if spec["op"] == "pac" and spec["k"] in (5, 7) and spec["size"][0] >= 256:
+                out.append((f"{case}: fused f+b <= 3x floor", r["ratio_floor"],
+                            r["ratio_floor"] <= 3))
+            if spec["op"] == "ppac" and spec["size"][0] >= 436:
+                out.append((f"{case}: fused f+b <= 3x depthwise floor", r["ratio_floor"],
+                            r["ratio_floor"] <= 3))
+            floor_temp = get(case, "floor", "temp_fwd_bwd_bytes") or 0
+            if spec["op"] == "pac" and spec["size"][0] >= 512 and floor_temp >= MIN_FLOOR_TEMP:
+                out.append((f"{case}: fused temp f+b <= 2x floor", r["mem_ratio_floor"],
+                            r["mem_ratio_floor"] <= 2))
+            two = get(case, "auto", "fwd_bwd_s")
+            if two is not None:
+                out.append((f"{case}: two-step (auto) f+b <= 1.5x fused", two / r["fwd_bwd_s"],
+                            two / r["fwd_bwd_s"] <= 1.5))
+    for n in sorted({tuple(row["spec"]["size"]) for row in rows if row["spec"]["op"] == "pac"}):
+        small = get(f"pac k=3 {n[0]}x{n[1]}", "fused", "temp_fwd_bwd_bytes")
+        large = get(f"pac k=9 {n[0]}x{n[1]}", "fused", "temp_fwd_bwd_bytes")
+        if small and large:
+            out.append((f"pac {n[0]}x{n[1]}: fused temp f+b k=9 <= 1.2x k=3", large / small,
+                        large / small <= 1.2))
+    return out
+
+
+def format_targets(targets):
+    lines = ["| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {t} | {v:.2f} | {'yes' if ok else 'NO'} |" for t, v, ok in targets]
     return "\n".join(lines)
 
 
@@ -238,8 +284,18 @@ def main(argv=None):
     parser.add_argument("--only", default=None, help="run only cases whose name contains this")
     parser.add_argument("--impls", default=None, help="comma-separated implementations")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
+    parser.add_argument("--render", default=None, metavar="JSON",
+                        help="print the tables of a previous run's JSON and exit")
     parser.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.render is not None:
+        with open(args.render) as fh:
+            rows = json.load(fh)["rows"]
+        print(format_table(rows))
+        print()
+        print(format_targets(check_targets(rows)))
+        return
 
     if args._one is not None:
         spec, impl, repeats = json.loads(args._one)
@@ -274,6 +330,8 @@ def main(argv=None):
     table = format_table(rows)
     print()
     print(table)
+    print()
+    print(format_targets(check_targets(rows)))
     meta = dict(machine=platform.platform(), processor=platform.processor(),
                 cpu_count=os.cpu_count(), python=platform.python_version(),
                 time=time.strftime("%Y-%m-%d %H:%M:%S"), command=" ".join(sys.argv),
