@@ -5,8 +5,8 @@ likewise for the transposed convolution and for PPAC) but never materialises the
 ``[B, Ho, Wo, kh, kw]`` kernel nor ``kh * kw`` copies of the input, forward or backward: memory
 stays a few input-sized buffers whatever the kernel size (see :mod:`ppac_jax.ops.tap_loop`).
 
-Differences from the two-step path: ``mask`` is treated as data (no gradient flows into it);
-half-precision inputs are computed in float32, as in the two-step path.
+Differences from the two-step path: ``mask`` is treated as data (no gradient flows into it).
+Half-precision inputs are computed in float32 and the results have the inputs' dtype.
 """
 
 from __future__ import annotations
@@ -197,7 +197,9 @@ def _fused(src: _Sources, weight, bias, k, out_size, d, shared_filters, kopts, s
             raise ValueError(f"mask must have shape {(batch, *src.in_size, 1)} (the op's input "
                              f"grid), got {mask.shape}")
     kdtype = compute_dtype(src.guide, smooth_kernel, *params)
-    out_dtype = jnp.result_type(x, weight, kdtype)
+    # Results have the inputs' dtype (as pac_kernel's kernel has the guide's); the computation
+    # runs in float32 for half-precision inputs.
+    out_dtype = jnp.result_type(x, weight, src.guide)
     dtype = compute_dtype(x, weight, kdtype)
     guide = src.guide.astype(dtype)
     gp = src.guide_pad
@@ -260,6 +262,7 @@ def _fused_depthwise(x, guide, weight, stride, padding, dilation, kernel_type, a
     kdtype = compute_dtype(guide, smooth_kernel, *params)
     dtype = compute_dtype(x, weight, kdtype)
     pads = [(p[0], p[0]), (p[1], p[1])]
+    out_dtype = jnp.result_type(x, weight, guide)
     guide = guide.astype(dtype)
     guide_padded = geo.pad_spatial(guide, pads)
     centre = None if smooth_kernel is None else centre_features(
@@ -271,7 +274,7 @@ def _fused_depthwise(x, guide, weight, stride, padding, dilation, kernel_type, a
     u, _ = tap_loop.window_sum(ph(geo.pad_spatial(x.astype(dtype), pads)), ph(guide_padded), None,
                                centre, weight.reshape(k[0] * k[1], -1).astype(dtype),
                                tuple(jnp.asarray(q, dtype) for q in params), plan)
-    return u.astype(jnp.result_type(x, weight, kdtype))
+    return u.astype(out_dtype)
 
 
 def _window_count(padded, k, out_size, stride, dilation):
