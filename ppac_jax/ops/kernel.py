@@ -117,27 +117,15 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
     guide = guide.astype(dtype)
     guide_padded = geo.pad_spatial(guide, [(guide_pad[0],) * 2, (guide_pad[1],) * 2])
 
-    centre_offset = tuple((k[a] // 2) * d[a] - guide_pad[a] for a in range(2))
-    if smooth_kernel is None:
-        centre = geo.tap_slice(guide_padded, (k[0] // 2, k[1] // 2), out_size, guide_stride, d)
-    else:
-        centre = _smoothed_centre(guide, jnp.asarray(smooth_kernel, dtype), out_size,
-                                  guide_stride, centre_offset)
+    centre = centre_features(guide, guide_padded, k, out_size, guide_stride, d, guide_pad,
+                             smooth_kernel)
 
-    values = []
-    for tap in geo.taps(k):
-        diff = geo.tap_slice(guide_padded, tap, out_size, guide_stride, d) - centre
-        if asym:
-            diff = jax.nn.relu(diff)
-        sq = diff * diff
-        values.append(sq if channel_wise else jnp.sum(sq, axis=-1))
+    values = [tap_distance(geo.tap_slice(guide_padded, tap, out_size, guide_stride, d), centre,
+                           asym=asym, channel_wise=channel_wise)
+              for tap in geo.taps(k)]
     dist = jnp.stack(values, axis=3)
     dist = dist.reshape(batch, *out_size, k[0], k[1], *dist.shape[4:])
-
-    if kernel_type == "gaussian":
-        kern = jnp.exp(-0.5 * dist)
-    else:
-        kern = alpha + (dist + _INV_EPS) ** (0.5 * lam)
+    kern = kernel_from_distance(dist, kernel_type, alpha, lam)
 
     output_mask = None
     if mask is not None or normalize:
@@ -167,6 +155,43 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
     if output_mask is not None:
         output_mask = output_mask.astype(out_dtype)
     return kern, output_mask
+
+
+def tap_distance(features, centre, *, asym=False, channel_wise=False):
+    """Squared feature distance of one window tap: ``sum_c (relu if asym)(f_j - f_i)_c ** 2``.
+
+    features (the tap's guide samples) and centre: ``[B, Ho, Wo, D]`` -> ``[B, Ho, Wo]``
+    (``[B, Ho, Wo, D]`` when ``channel_wise``).
+    """
+    diff = features - centre
+    if asym:
+        diff = jax.nn.relu(diff)
+    sq = diff * diff
+    return sq if channel_wise else jnp.sum(sq, axis=-1)
+
+
+def kernel_from_distance(dist, kernel_type, inv_alpha=None, inv_lambda=None):
+    """Kernel value from a squared distance (any shape): ``exp(-x / 2)`` or
+    ``inv_alpha + (x + 1e-4) ** (inv_lambda / 2)``."""
+    if kernel_type == "gaussian":
+        return jnp.exp(-0.5 * dist)
+    return inv_alpha + (dist + _INV_EPS) ** (0.5 * inv_lambda)
+
+
+def centre_features(guide, guide_padded, kernel_size, out_size, stride, dilation, guide_pad,
+                    smooth_kernel=None):
+    """The centre feature f_i of every window: ``[B, Ho, Wo, D]``.
+
+    ``guide_padded`` is ``guide`` zero padded by ``guide_pad``; windows of ``kernel_size`` taps
+    (dilated) start every ``stride`` samples of it. With ``smooth_kernel`` (``[sh, sw]``, odd)
+    the centre is the guide cross-correlated with it (zero padding) at the window centre.
+    """
+    k, d = kernel_size, dilation
+    if smooth_kernel is None:
+        return geo.tap_slice(guide_padded, (k[0] // 2, k[1] // 2), out_size, stride, d)
+    centre_offset = tuple((k[a] // 2) * d[a] - guide_pad[a] for a in range(2))
+    return _smoothed_centre(guide, jnp.asarray(smooth_kernel, guide.dtype), out_size, stride,
+                            centre_offset)
 
 
 def parse_kernel_type(name: str) -> dict:

@@ -11,6 +11,12 @@ with two interchangeable implementations:
 * ``"shifted"``: loop over the taps, each a strided slice times ``K[..., t]`` followed by a
   1x1 contraction, accumulated in place. A custom VJP recomputes the slices in the backward
   pass, so forward and backward memory are ``O(B * H * W * C)`` whatever the kernel size.
+  The loop is unrolled in Python (compile time grows with the kernel size).
+* ``"loop"``: the same product as a ``lax.fori_loop`` over the taps with dynamic slices
+  (:mod:`ppac_jax.ops.tap_loop`, shared with the fused ops); compact programs, memory flat in
+  the kernel size, the fastest on CPU for all but tiny problems.
+
+``"auto"`` picks ``patches`` for tiny problems and ``loop`` otherwise (:func:`choose_impl`).
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ import jax
 import jax.numpy as jnp
 
 from ppac_jax.ops import geometry as geo
+from ppac_jax.ops import tap_loop
 from ppac_jax.ops.kernel import compute_dtype
 
-IMPLS = ("auto", "patches", "shifted")
+IMPLS = ("auto", "patches", "shifted", "loop")
 # `auto` uses `patches` only while its window tensor stays this small (bytes).
 _AUTO_PATCHES_MAX_BYTES = 1 << 20
 
@@ -54,7 +61,7 @@ def pac_conv2d(x, kernel, weight, bias=None, *, stride=1, padding=0, dilation=1,
       bias: optional ``[Cout]``.
       stride, padding, dilation: ints or pairs.
       shared_filters: see ``weight``.
-      impl: ``"auto"``, ``"patches"`` or ``"shifted"``.
+      impl: ``"auto"``, ``"patches"``, ``"shifted"`` or ``"loop"``.
 
     Returns:
       ``[B, Ho, Wo, Cout]`` with ``Ho = (H + 2p - d(kh - 1) - 1) // s + 1`` (same for W).
@@ -211,16 +218,18 @@ def windowed_product(x_pad, kernel, weight, g: _Geometry, impl: str = "auto"):
     x_pad, kernel, weight = x_pad.astype(dtype), kernel.astype(dtype), weight.astype(dtype)
     if impl == "patches":
         y = _patches_product(x_pad, kernel, weight, g)
-    else:
+    elif impl == "shifted":
         y = _shifted_product(x_pad, kernel, weight, g)
+    else:
+        y = _loop_product(x_pad, kernel, weight, g)
     return y.astype(out_dtype)
 
 
 def choose_impl(x_shape, kernel_size, out_size, itemsize=4) -> str:
-    """Pick ``patches`` for tiny problems, where it is cheapest, and ``shifted`` otherwise."""
+    """Pick ``patches`` for tiny problems, where it is cheapest, and ``loop`` otherwise."""
     window_bytes = x_shape[0] * out_size[0] * out_size[1] * x_shape[-1] * kernel_size[0] \
         * kernel_size[1] * itemsize
-    return "patches" if window_bytes <= _AUTO_PATCHES_MAX_BYTES else "shifted"
+    return "patches" if window_bytes <= _AUTO_PATCHES_MAX_BYTES else "loop"
 
 
 def _patches_product(x_pad, kernel, weight, g: _Geometry):
@@ -229,6 +238,19 @@ def _patches_product(x_pad, kernel, weight, g: _Geometry):
     if g.dense:
         return jnp.einsum("bhwijc,ijco->bhwo", weighted, weight)
     return jnp.einsum("bhwijc,ij->bhwc", weighted, weight)
+
+
+def _loop_product(x_pad, kernel, weight, g: _Geometry):
+    taps = g.kernel_size[0] * g.kernel_size[1]
+    kern = kernel.reshape(*kernel.shape[:3], taps, *kernel.shape[5:])
+    kern = jnp.moveaxis(kern, 3, 0)                        # [T, B, Ho, Wo(, C)]
+    if not g.channel_wise:
+        kern = kern[..., None]
+    w = weight.reshape(taps, *weight.shape[2:]) if g.dense else weight.reshape(taps, 1)
+    plan = tap_loop.Plan(g.kernel_size, g.out_size, g.dilation, g.stride, dense=g.dense,
+                         fused=False)
+    y, _ = tap_loop.window_sum(tap_loop.to_phases(x_pad, g.stride), kern, None, None, w, (), plan)
+    return y
 
 
 def _tap_kernel(kernel, tap, channel_wise):

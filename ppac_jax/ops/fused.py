@@ -1,0 +1,286 @@
+"""Fused PAC ops: the adapting kernel is computed inside the loop over window taps.
+
+``fused_pac_conv2d(x, guide, W)`` equals ``pac_conv2d(x, pac_kernel(guide, ...)[0], W)`` (and
+likewise for the transposed convolution and for PPAC) but never materialises the
+``[B, Ho, Wo, kh, kw]`` kernel nor ``kh * kw`` copies of the input, forward or backward: memory
+stays a few input-sized buffers whatever the kernel size (see :mod:`ppac_jax.ops.tap_loop`).
+
+Differences from the two-step path: ``mask`` is treated as data (no gradient flows into it).
+Half-precision inputs are computed in float32 and the results have the inputs' dtype.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+from ppac_jax.ops import geometry as geo
+from ppac_jax.ops import tap_loop
+from ppac_jax.ops.kernel import KERNEL_TYPES, _check_inv_param, centre_features, compute_dtype
+from ppac_jax.ops.pac import _add_bias, _check_weight
+from ppac_jax.ops.prob import _check_weight_norm, _divide, _summed_exp
+
+
+def fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilation=1,
+                     shared_filters=False, kernel_type="gaussian", asym=False, inv_alpha=None,
+                     inv_lambda=None, smooth_kernel=None, normalize=False, mask=None):
+    """Pixel-adaptive convolution with the adapting kernel of ``guide`` computed on the fly.
+
+    Same result as ``pac_conv2d(x, pac_kernel(guide, k, stride=..., padding=..., ...)[0], W)``
+    (kernel options as in :func:`ppac_jax.ops.pac_kernel`, ``channel_wise`` excluded).
+
+    Args:
+      x: ``[B, H, W, Cin]`` input.
+      guide: ``[B, H, W, D]`` guidance features (x's batch and spatial size).
+      weight: ``[kh, kw, Cin, Cout]`` (HWIO), or ``[kh, kw, 1, 1]`` when ``shared_filters``.
+      bias: optional ``[Cout]``.
+      stride, padding, dilation: ints or pairs.
+      shared_filters: one ``[kh, kw]`` filter applied to every channel (Cout = Cin).
+      kernel_type, asym, inv_alpha, inv_lambda, smooth_kernel, normalize: as in ``pac_kernel``.
+      mask: optional ``[B, H, W, 1]`` 0/1 validity of x's samples (not differentiated).
+
+    Returns:
+      ``y [B, Ho, Wo, Cout]``, or ``(y, output_mask [B, Ho, Wo, 1])`` when ``mask`` is given.
+    """
+    geo.check_rank(x, 4, "x", "B, H, W, Cin")
+    geo.check_rank(guide, 4, "guide", "B, H, W, D")
+    if guide.shape[:3] != x.shape[:3]:
+        raise ValueError(f"guide must have x's batch and spatial size {x.shape[:3]}, "
+                         f"got {guide.shape}")
+    k = _check_weight(weight, x.shape[-1], shared_filters)
+    s = geo.check_positive(stride, "stride")
+    p = geo.check_non_negative(padding, "padding")
+    d = geo.check_positive(dilation, "dilation")
+    out_size = tuple(geo.conv_output_size(x.shape[1 + a], k[a], s[a], p[a], d[a]) for a in range(2))
+    if min(out_size) < 1:
+        raise ValueError(f"x spatial size {x.shape[1:3]} is too small for kernel_size={k}, "
+                         f"dilation={d}, padding={p}")
+    pads = [(p[0], p[0]), (p[1], p[1])]
+    sources = _Sources(
+        x_pad=geo.pad_spatial(x, pads), guide=guide, guide_pad=p, pad=lambda a: geo.pad_spatial(a, pads),
+        in_size=x.shape[1:3], stride=s)
+    return _fused(sources, weight, bias, k, out_size, d, shared_filters,
+                  _kernel_options(kernel_type, asym, inv_alpha, inv_lambda, guide.shape[-1]),
+                  smooth_kernel, normalize, mask)
+
+
+def fused_pac_conv_transpose2d(x, guide, weight, bias=None, *, stride=1, padding=0,
+                               output_padding=0, dilation=1, shared_filters=False,
+                               kernel_type="gaussian", asym=False, inv_alpha=None,
+                               inv_lambda=None, smooth_kernel=None, normalize=False, mask=None):
+    """Pixel-adaptive transposed convolution with the kernel of ``guide`` computed on the fly.
+
+    Same result as ``pac_conv_transpose2d(x, pac_kernel(guide, k, ..., transposed=True)[0], W)``
+    (weight not flipped; see :func:`ppac_jax.ops.pac_conv_transpose2d`).
+
+    Args:
+      x: ``[B, h, w, Cin]`` low-resolution input.
+      guide: ``[B, Ho, Wo, D]`` guidance on the *output* grid,
+        ``Ho = (h - 1) s - 2p + d (kh - 1) + 1 + output_padding``.
+      weight: ``[kh, kw, Cin, Cout]``, or ``[kh, kw, 1, 1]`` when ``shared_filters``.
+      bias: optional ``[Cout]``.
+      stride, padding, output_padding, dilation: ints or pairs.
+      kernel_type, asym, inv_alpha, inv_lambda, smooth_kernel, normalize: as in ``pac_kernel``.
+      mask: optional ``[B, h, w, 1]`` 0/1 validity of x's samples (not differentiated).
+
+    Returns:
+      ``y [B, Ho, Wo, Cout]``, or ``(y, output_mask [B, Ho, Wo, 1])`` when ``mask`` is given.
+    """
+    geo.check_rank(x, 4, "x", "B, h, w, Cin")
+    geo.check_rank(guide, 4, "guide", "B, Ho, Wo, D")
+    k = _check_weight(weight, x.shape[-1], shared_filters)
+    s = geo.check_positive(stride, "stride")
+    p = geo.check_non_negative(padding, "padding")
+    d = geo.check_positive(dilation, "dilation")
+    op = geo.check_non_negative(output_padding, "output_padding")
+    for a in range(2):
+        if op[a] >= max(s[a], d[a]):
+            raise ValueError(f"output_padding must be smaller than stride or dilation, got "
+                             f"output_padding={op}, stride={s}, dilation={d}")
+    out_size = tuple(geo.transposed_output_size(x.shape[1 + a], k[a], s[a], p[a], op[a], d[a])
+                     for a in range(2))
+    if min(out_size) < 1:
+        raise ValueError(f"x spatial size {x.shape[1:3]} gives an empty output for "
+                         f"kernel_size={k}, stride={s}, padding={p}")
+    if guide.shape[:3] != (x.shape[0], *out_size):
+        raise ValueError(f"guide must be [B, Ho, Wo, D] on the output grid "
+                         f"{(x.shape[0], *out_size)}, got {guide.shape}")
+    pads = [geo.transposed_pads(k[a], p[a], op[a], d[a]) for a in range(2)]
+    guide_pad = tuple((k[a] - 1) * d[a] // 2 for a in range(2))
+    sources = _Sources(
+        x_pad=geo.zero_insert_and_pad(x, s, pads), guide=guide, guide_pad=guide_pad,
+        pad=lambda a: geo.zero_insert_and_pad(a, s, pads), in_size=x.shape[1:3], stride=(1, 1))
+    return _fused(sources, weight, bias, k, out_size, d, shared_filters,
+                  _kernel_options(kernel_type, asym, inv_alpha, inv_lambda, guide.shape[-1]),
+                  smooth_kernel, normalize, mask)
+
+
+def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, *, stride=1,
+                          padding=0, dilation=1, shared_filters=False, kernel_type="gaussian",
+                          asym=False, inv_alpha=None, inv_lambda=None, smooth_kernel=None):
+    """Confidence-weighted PAC with the kernel of ``guide`` computed on the fly.
+
+    Same result as ``prob_pac_conv2d(x, confidence, pac_kernel(guide, k, ...)[0], W, W_norm)``:
+    ``pac(x * c, K, W) / max(pac(c, K, exp(W_norm)), 1e-20) + bias``; numerator and
+    denominator come out of one pass over the taps.
+
+    Args:
+      x: ``[B, H, W, Cin]``; confidence: ``[B, H, W, 1]``; guide: ``[B, H, W, D]``.
+      weight, weight_norm: ``[kh, kw, Cin, Cout]``, or ``[kh, kw, 1, 1]`` when ``shared_filters``.
+      bias: optional ``[Cout]``.
+      stride, padding, dilation, kernel options: as in :func:`fused_pac_conv2d`.
+
+    Returns:
+      ``[B, Ho, Wo, Cout]``.
+    """
+    geo.check_rank(x, 4, "x", "B, H, W, Cin")
+    geo.check_rank(confidence, 4, "confidence", "B, H, W, 1")
+    if confidence.shape != (*x.shape[:3], 1):
+        raise ValueError(f"confidence must have shape {(*x.shape[:3], 1)}, got {confidence.shape}")
+    _check_weight(weight, x.shape[-1], shared_filters)
+    _check_weight_norm(weight, weight_norm)
+    channels = x.shape[-1]
+    norm_weight = _summed_exp(weight_norm)                      # [kh, kw, 1, O or 1]
+    stacked = jnp.concatenate([x * confidence, confidence.astype(x.dtype)], axis=-1)
+    if shared_filters:
+        # Per-channel filters: W for the C numerator channels, exp-sum for the confidence.
+        w = jnp.concatenate([jnp.broadcast_to(weight, (*weight.shape[:2], 1, channels)),
+                             norm_weight.astype(weight.dtype)], axis=-1)
+        y = _fused_depthwise(stacked, guide, w, stride, padding, dilation, kernel_type, asym,
+                             inv_alpha, inv_lambda, smooth_kernel)
+        numerator, denominator = y[..., :channels], y[..., channels:]
+    else:
+        out = weight.shape[-1]
+        top = jnp.concatenate([weight, jnp.zeros((*weight.shape[:3], out), weight.dtype)], -1)
+        bottom = jnp.concatenate([jnp.zeros((*weight.shape[:2], 1, out), weight.dtype),
+                                  norm_weight.astype(weight.dtype)], -1)
+        w = jnp.concatenate([top, bottom], axis=2)               # [kh, kw, C + 1, 2 O]
+        y = fused_pac_conv2d(stacked, guide, w, stride=stride, padding=padding,
+                             dilation=dilation, kernel_type=kernel_type, asym=asym,
+                             inv_alpha=inv_alpha, inv_lambda=inv_lambda,
+                             smooth_kernel=smooth_kernel)
+        numerator, denominator = y[..., :out], y[..., out:]
+    return _divide(numerator, denominator, bias)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class _Sources:
+    """Padded input, guide and the padding rule of one fused op (conv or transposed)."""
+
+    def __init__(self, x_pad, guide, guide_pad, pad, in_size, stride):
+        self.x_pad, self.guide, self.guide_pad = x_pad, guide, guide_pad
+        self.pad, self.in_size, self.stride = pad, tuple(in_size), stride
+
+
+def _kernel_options(kernel_type, asym, inv_alpha, inv_lambda, depth):
+    if kernel_type not in KERNEL_TYPES:
+        raise ValueError(f"kernel_type must be one of {KERNEL_TYPES}, got {kernel_type!r}")
+    params = ()
+    if kernel_type == "inv":
+        if inv_alpha is None or inv_lambda is None:
+            raise ValueError('kernel_type="inv" requires inv_alpha and inv_lambda')
+        params = (_check_inv_param(inv_alpha, "inv_alpha", depth, False),
+                  _check_inv_param(inv_lambda, "inv_lambda", depth, False))
+    return kernel_type, bool(asym), params
+
+
+def _fused(src: _Sources, weight, bias, k, out_size, d, shared_filters, kopts, smooth_kernel,
+           normalize, mask):
+    kernel_type, asym, params = kopts
+    x = src.x_pad
+    batch, channels = x.shape[0], x.shape[-1]
+    if mask is not None:
+        geo.check_rank(mask, 4, "mask", "B, h_in, w_in, 1")
+        if mask.shape != (batch, *src.in_size, 1):
+            raise ValueError(f"mask must have shape {(batch, *src.in_size, 1)} (the op's input "
+                             f"grid), got {mask.shape}")
+    kdtype = compute_dtype(src.guide, smooth_kernel, *params)
+    # Results have the inputs' dtype (as pac_kernel's kernel has the guide's); the computation
+    # runs in float32 for half-precision inputs.
+    out_dtype = jnp.result_type(x, weight, src.guide)
+    dtype = compute_dtype(x, weight, kdtype)
+    guide = src.guide.astype(dtype)
+    gp = src.guide_pad
+    guide_padded = geo.pad_spatial(guide, [(gp[0], gp[0]), (gp[1], gp[1])])
+    # Without smoothing the centre is a tap of the padded guide: read it inside the loop.
+    centre = None if smooth_kernel is None else centre_features(
+        guide, guide_padded, k, out_size, src.stride, d, gp, jnp.asarray(smooth_kernel, dtype))
+
+    valid = ratio = None
+    if mask is not None or normalize:
+        ones = jnp.ones((1, *src.in_size, 1), dtype)
+        valid_map = ones if mask is None else lax.stop_gradient(mask).astype(dtype)
+        valid = src.pad(valid_map)
+        if mask is not None:
+            valid_count = _window_count(valid, k, out_size, src.stride, d)
+            real_count = _window_count(src.pad(ones), k, out_size, src.stride, d)
+            ratio = jnp.where(real_count == 0, 0,
+                              valid_count / jnp.where(real_count == 0, 1, real_count))
+
+    if shared_filters:
+        w = jnp.broadcast_to(weight[:, :, 0, :], (*k, 1)).reshape(k[0] * k[1], 1)
+    else:
+        w = weight.reshape(k[0] * k[1], channels, weight.shape[-1])
+    plan = tap_loop.Plan(k, out_size, d, src.stride, dense=not shared_filters, fused=True,
+                         kernel_type=kernel_type, asym=asym, with_sum=normalize,
+                         centre_tap=-1 if centre is not None else (k[0] // 2) * k[1] + k[1] // 2)
+    ph = lambda a: tap_loop.to_phases(a, src.stride)
+    u, n = tap_loop.window_sum(ph(x.astype(dtype)), ph(guide_padded),
+                               None if valid is None else ph(valid), centre, w.astype(dtype),
+                               tuple(jnp.asarray(q, dtype) for q in params), plan)
+    y = u
+    if normalize:
+        y = y / (n + (n == 0).astype(dtype))
+    elif ratio is not None:
+        y = y / (ratio + (ratio == 0).astype(dtype))
+    y = _add_bias(y.astype(out_dtype), bias)
+    if mask is None:
+        return y
+    output_mask = jnp.broadcast_to((ratio != 0).astype(dtype), (batch, *out_size, 1))
+    return y, output_mask
+
+
+def _fused_depthwise(x, guide, weight, stride, padding, dilation, kernel_type, asym, inv_alpha,
+                     inv_lambda, smooth_kernel):
+    """Fused PAC with one filter per channel: weight ``[kh, kw, 1, C]`` -> ``[B, Ho, Wo, C]``."""
+    k = geo.check_kernel_size(weight.shape[:2], "weight kernel size (weight.shape[:2])")
+    s = geo.check_positive(stride, "stride")
+    p = geo.check_non_negative(padding, "padding")
+    d = geo.check_positive(dilation, "dilation")
+    geo.check_rank(guide, 4, "guide", "B, H, W, D")
+    if guide.shape[:3] != x.shape[:3]:
+        raise ValueError(f"guide must have x's batch and spatial size {x.shape[:3]}, "
+                         f"got {guide.shape}")
+    out_size = tuple(geo.conv_output_size(x.shape[1 + a], k[a], s[a], p[a], d[a]) for a in range(2))
+    if min(out_size) < 1:
+        raise ValueError(f"x spatial size {x.shape[1:3]} is too small for kernel_size={k}, "
+                         f"dilation={d}, padding={p}")
+    kernel_type, asym, params = _kernel_options(kernel_type, asym, inv_alpha, inv_lambda,
+                                                guide.shape[-1])
+    kdtype = compute_dtype(guide, smooth_kernel, *params)
+    dtype = compute_dtype(x, weight, kdtype)
+    pads = [(p[0], p[0]), (p[1], p[1])]
+    out_dtype = jnp.result_type(x, weight, guide)
+    guide = guide.astype(dtype)
+    guide_padded = geo.pad_spatial(guide, pads)
+    centre = None if smooth_kernel is None else centre_features(
+        guide, guide_padded, k, out_size, s, d, p, jnp.asarray(smooth_kernel, dtype))
+    plan = tap_loop.Plan(k, out_size, d, s, dense=False, fused=True, kernel_type=kernel_type,
+                         asym=asym,
+                         centre_tap=-1 if centre is not None else (k[0] // 2) * k[1] + k[1] // 2)
+    ph = lambda a: tap_loop.to_phases(a, s)
+    u, _ = tap_loop.window_sum(ph(geo.pad_spatial(x.astype(dtype), pads)), ph(guide_padded), None,
+                               centre, weight.reshape(k[0] * k[1], -1).astype(dtype),
+                               tuple(jnp.asarray(q, dtype) for q in params), plan)
+    return u.astype(out_dtype)
+
+
+def _window_count(padded, k, out_size, stride, dilation):
+    """Sum of a padded ``[B', Hp, Wp, 1]`` map over every window: ``[B', Ho, Wo, 1]``."""
+    ones = jnp.ones((*k, 1, 1), padded.dtype)
+    count = lax.conv_general_dilated(
+        padded, ones, stride, "VALID", rhs_dilation=dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=lax.Precision.HIGHEST)
+    return count[:, :out_size[0], :out_size[1]]
