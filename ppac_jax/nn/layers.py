@@ -135,6 +135,21 @@ class _PacBase(nnx.Module):
             asym=self._asym, smooth_kernel=smooth, channel_wise=self.channel_wise,
             normalize=self.normalize_kernel, mask=mask, **inv, **extra)
 
+    def _fused_options(self):
+        """Kernel options of ``ops.fused_*`` (the same kernel as :meth:`compute_kernel`)."""
+        opts = dict(kernel_type=self._kernel_kind, asym=self._asym,
+                    smooth_kernel=self.smooth_kernel[...] if hasattr(self, "smooth_kernel") else None)
+        if self._kernel_kind == "inv":
+            opts.update(inv_alpha=self.inv_alpha[...], inv_lambda=self.inv_lambda[...])
+        return opts
+
+    def _use_fused(self):
+        """``impl="auto"`` (or ``"fused"``) computes the kernel inside the tap loop."""
+        return getattr(self, "impl", "auto") in ("auto", "fused")
+
+    def _two_step_impl(self):
+        return "auto" if self.impl == "fused" else self.impl
+
     def _dispatch(self, x, guide, kernel, mask):
         if kernel is not None:
             if guide is not None or mask is not None:
@@ -235,7 +250,10 @@ class PacConv2d(_PacConvBase):
       native_impl: accepted for compatibility (ignored).
       rngs: for the random fillers; default ``nnx.Rngs(0)``.
       param_dtype: dtype of the parameters.
-      impl: windowed-product implementation passed to the op.
+      impl: ``"auto"`` (default) or ``"fused"``: with a guide, the adapting kernel is computed
+        inside the tap loop (``ops.fused_*``), never materialised; ``"patches"``, ``"shifted"``
+        or ``"loop"``: ``ops.pac_kernel`` first, then that implementation of the PAC op (also
+        what a precomputed ``kernel=`` or a ``mask`` uses, with ``"auto"`` for ``"fused"``).
 
     Call: ``layer(x [B,H,W,Cin], guide [B,H,W,D])`` -> ``[B,Ho,Wo,Cout]``;
     ``layer(x, kernel=K)`` with a precomputed ``[B,Ho,Wo,kh,kw]`` kernel;
@@ -258,14 +276,19 @@ class PacConv2d(_PacConvBase):
         return self._dispatch(x, guide, kernel, mask)
 
     def _pac(self, x, guide):
-        # Kernel and product in one place: the switch point to a fused op.
+        if self._use_fused():
+            return ops.fused_pac_conv2d(
+                x, guide, self.weight[...], self._bias(), stride=self.stride,
+                padding=self.padding, dilation=self.dilation,
+                shared_filters=self.shared_filters, normalize=self.normalize_kernel,
+                **self._fused_options())
         kernel, _ = self.compute_kernel(guide)
         return self._apply(x, kernel)
 
     def _apply(self, x, kernel):
         return ops.pac_conv2d(x, kernel, self.weight[...], self._bias(), stride=self.stride,
                               padding=self.padding, dilation=self.dilation,
-                              shared_filters=self.shared_filters, impl=self.impl)
+                              shared_filters=self.shared_filters, impl=self._two_step_impl())
 
 
 class PacConvTranspose2d(_PacConvBase):
@@ -294,7 +317,12 @@ class PacConvTranspose2d(_PacConvBase):
         return self._dispatch(x, guide, kernel, mask)
 
     def _pac(self, x, guide):
-        # Kernel and product in one place: the switch point to a fused op.
+        if self._use_fused():
+            return ops.fused_pac_conv_transpose2d(
+                x, guide, self.weight[...], self._bias(), stride=self.stride,
+                padding=self.padding, output_padding=self.output_padding,
+                dilation=self.dilation, shared_filters=self.shared_filters,
+                normalize=self.normalize_kernel, **self._fused_options())
         kernel, _ = self.compute_kernel(guide)
         return self._apply(x, kernel)
 
@@ -302,7 +330,7 @@ class PacConvTranspose2d(_PacConvBase):
         return ops.pac_conv_transpose2d(
             x, kernel, self.weight[...], self._bias(), stride=self.stride, padding=self.padding,
             output_padding=self.output_padding, dilation=self.dilation,
-            shared_filters=self.shared_filters, impl=self.impl)
+            shared_filters=self.shared_filters, impl=self._two_step_impl())
 
 
 class PacPool2d(_PacBase):
@@ -344,7 +372,7 @@ class PacPool2d(_PacBase):
 
     def _apply(self, x, kernel):
         return ops.pac_pool2d(x, kernel, kernel_size=self.kernel_size, stride=self.stride,
-                              padding=self.padding, dilation=self.dilation, impl=self.impl)
+                              padding=self.padding, dilation=self.dilation, impl=self._two_step_impl())
 
 
 class _NormalizedBase(_PacBase):
@@ -414,7 +442,11 @@ class ProbPacConv2d(_NormalizedBase):
         return self._pac(x, confidence, guide)
 
     def _pac(self, x, confidence, guide):
-        # Kernel and product in one place: the switch point to a fused op.
+        if self._use_fused():
+            return ops.fused_prob_pac_conv2d(
+                x, confidence, guide, self.weight[...], self.weight_normalization[...],
+                self._bias(), padding=self.padding, shared_filters=self.shared_filters,
+                **self._fused_options())
         kernel, _ = self.compute_kernel(guide)
         return self._apply(x, confidence, kernel)
 
@@ -422,7 +454,7 @@ class ProbPacConv2d(_NormalizedBase):
         return ops.prob_pac_conv2d(x, confidence, kernel, self.weight[...],
                                    self.weight_normalization[...], self._bias(),
                                    padding=self.padding, shared_filters=self.shared_filters,
-                                   impl=self.impl)
+                                   impl=self._two_step_impl())
 
 
 class NormalizedPacConv2d(_NormalizedBase):
@@ -454,7 +486,7 @@ class NormalizedPacConv2d(_NormalizedBase):
         return ops.normalized_pac_conv2d(x, kernel, self.weight[...],
                                          self.weight_normalization[...], self._bias(),
                                          padding=self.padding,
-                                         shared_filters=self.shared_filters, impl=self.impl)
+                                         shared_filters=self.shared_filters, impl=self._two_step_impl())
 
 
 class Conv2d(nnx.Module):
