@@ -1,0 +1,220 @@
+"""Evaluation metrics: flow end-point error, KITTI outlier rate, RMSE, streaming mIoU.
+
+`epe`, `outlier_rate`, `rmse` and `confusion_matrix` are jax.numpy functions (jit-able, work on
+NumPy inputs too); `aee` and `ConfusionMatrix` accumulate over a data set in NumPy.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["epe", "outlier_rate", "aee", "rmse", "confusion_matrix", "iou_from_confusion",
+           "miou_from_confusion", "ConfusionMatrix", "IGNORE_LABELS"]
+
+# Labels excluded from segmentation metrics.
+IGNORE_LABELS = (255, -1)
+_OUTLIER_ABS = 3.0
+_OUTLIER_REL = 0.05
+
+
+def _flow_args(pred, gt, valid):
+    pred = jnp.asarray(pred)
+    gt = jnp.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred and gt must have the same shape, got {pred.shape} and {gt.shape}")
+    if pred.ndim not in (3, 4) or pred.shape[-1] != 2:
+        raise ValueError(f"pred: expected [B, H, W, 2] or [H, W, 2], got {pred.shape}")
+    if valid is None:
+        valid = jnp.ones(pred.shape[:-1], bool)
+    else:
+        valid = jnp.asarray(valid)
+        if valid.shape == pred.shape[:-1] + (1,):
+            valid = valid[..., 0]
+        if valid.shape != pred.shape[:-1]:
+            raise ValueError(f"valid: expected shape {pred.shape[:-1]}, got {valid.shape}")
+        valid = valid.astype(bool)
+    return pred, gt, valid
+
+
+def _per_image_mean(values, valid):
+    """Mean of `values` over valid pixels per image (axes -2, -1); NaN when none is valid."""
+    total = jnp.sum(jnp.where(valid, values, 0), axis=(-2, -1))
+    return total / jnp.sum(valid, axis=(-2, -1))
+
+
+def _error(pred, gt):
+    diff = (pred - gt).astype(jnp.promote_types(pred.dtype, jnp.float32))
+    return jnp.sqrt(jnp.sum(diff * diff, axis=-1))
+
+
+def epe(pred, gt, valid=None):
+    """Per-image mean end-point error ‖pred - gt‖₂ over valid pixels.
+
+    Args:
+      pred, gt: `[B, H, W, 2]` or `[H, W, 2]` flow.
+      valid: optional `[B, H, W]` / `[H, W]` (or trailing 1) bool mask; default all pixels.
+
+    Returns:
+      `[B]` (or scalar) EPE in pixels; NaN for an image without valid pixels.
+    """
+    pred, gt, valid = _flow_args(pred, gt, valid)
+    return _per_image_mean(_error(pred, gt), valid)
+
+
+def outlier_rate(pred, gt, valid=None):
+    """Per-image KITTI Fl outlier rate in percent.
+
+    A valid pixel is an outlier when its end-point error is > 3 px **and** > 5 % of ‖gt‖.
+
+    Args: as `epe`.
+
+    Returns:
+      `[B]` (or scalar) percentage in [0, 100]; NaN for an image without valid pixels.
+    """
+    pred, gt, valid = _flow_args(pred, gt, valid)
+    error = _error(pred, gt)
+    magnitude = _error(gt, jnp.zeros_like(gt))
+    outlier = (error > _OUTLIER_ABS) & (error > _OUTLIER_REL * magnitude)
+    return 100.0 * _per_image_mean(outlier.astype(error.dtype), valid)
+
+
+def aee(per_image_epe: Iterable[float]) -> float:
+    """Average end-point error of a data set: the mean of per-image EPEs (NaN images skipped)."""
+    values = np.concatenate([np.atleast_1d(np.asarray(v, np.float64)) for v in per_image_epe] or
+                            [np.zeros(0)])
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        raise ValueError("per_image_epe: no image with valid pixels")
+    return float(values.mean())
+
+
+def rmse(pred, target, valid=None):
+    """Per-image root-mean-square error over valid pixels and channels.
+
+    Args:
+      pred, target: `[B, H, W, C]` or `[H, W, C]`.
+      valid: optional `[B, H, W]` / `[H, W]` bool mask.
+
+    Returns:
+      `[B]` (or scalar) RMSE; NaN for an image without valid pixels.
+    """
+    pred = jnp.asarray(pred)
+    target = jnp.asarray(target)
+    if pred.shape != target.shape or pred.ndim not in (3, 4):
+        raise ValueError(f"pred, target: expected equal [B, H, W, C] or [H, W, C] shapes, got "
+                         f"{pred.shape} and {target.shape}")
+    if valid is None:
+        valid = jnp.ones(pred.shape[:-1], bool)
+    valid = jnp.asarray(valid).astype(bool)
+    if valid.shape != pred.shape[:-1]:
+        raise ValueError(f"valid: expected shape {pred.shape[:-1]}, got {valid.shape}")
+    diff = (pred - target).astype(jnp.promote_types(pred.dtype, jnp.float32))
+    return jnp.sqrt(_per_image_mean(jnp.mean(diff * diff, axis=-1), valid))
+
+
+def confusion_matrix(pred, labels, *, num_classes: int):
+    """Confusion matrix counts `[num_classes, num_classes]` (rows: ground truth, cols: prediction).
+
+    Pixels whose label is outside `[0, num_classes)` (e.g. the ignore labels 255 and -1) are not
+    counted; predictions must lie in `[0, num_classes)`. jit-able.
+
+    Args:
+      pred: integer predictions, any shape.
+      labels: integer ground truth, same shape as `pred`.
+    """
+    pred = jnp.asarray(pred)
+    labels = jnp.asarray(labels)
+    if pred.shape != labels.shape:
+        raise ValueError(f"pred and labels must have the same shape, got {pred.shape} and "
+                         f"{labels.shape}")
+    if not isinstance(num_classes, int) or num_classes <= 0:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    labels = labels.astype(jnp.int32)
+    keep = (labels >= 0) & (labels < num_classes)
+    index = jnp.where(keep, labels * num_classes + pred.astype(jnp.int32), 0)
+    counts = jnp.bincount(index.ravel(), weights=keep.ravel().astype(jnp.int32),
+                          length=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes).astype(jnp.int32)
+
+
+def iou_from_confusion(matrix) -> np.ndarray:
+    """Per-class IoU `[C]` from a confusion matrix; NaN where the union is empty."""
+    matrix = np.asarray(matrix, np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"matrix: expected a square [C, C] matrix, got {matrix.shape}")
+    intersection = np.diag(matrix)
+    union = matrix.sum(0) + matrix.sum(1) - intersection
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, intersection / union, np.nan)
+
+
+def miou_from_confusion(matrix) -> float:
+    """Mean IoU over classes with a non-empty union."""
+    iou = iou_from_confusion(matrix)
+    if np.all(np.isnan(iou)):
+        raise ValueError("matrix: no class has a non-empty union (nothing counted)")
+    return float(np.nanmean(iou))
+
+
+class ConfusionMatrix:
+    """Streaming confusion matrix for mIoU over a data set.
+
+    >>> cm = ConfusionMatrix(21)
+    >>> cm.update(pred, labels)   # any shapes, equal; labels 255 / -1 ignored
+    >>> cm.miou()
+    """
+
+    def __init__(self, num_classes: int, *, ignore_labels=IGNORE_LABELS):
+        if not isinstance(num_classes, int) or num_classes <= 0:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.ignore_labels = tuple(ignore_labels)
+        self.matrix = np.zeros((num_classes, num_classes), np.int64)
+
+    def update(self, pred, labels, valid: Optional[np.ndarray] = None) -> "ConfusionMatrix":
+        """Add integer predictions and labels of equal shape (optional extra `valid` mask)."""
+        pred = np.asarray(pred)
+        labels = np.asarray(labels)
+        if pred.shape != labels.shape:
+            raise ValueError(f"pred and labels must have the same shape, got {pred.shape} and "
+                             f"{labels.shape}")
+        labels = labels.astype(np.int64)
+        keep = ~np.isin(labels, self.ignore_labels)
+        if valid is not None:
+            keep &= np.asarray(valid, bool)
+        labels, pred = labels[keep], pred[keep].astype(np.int64)
+        for name, values in (("labels", labels), ("pred", pred)):
+            if values.size and (values.min() < 0 or values.max() >= self.num_classes):
+                raise ValueError(f"{name}: values must lie in [0, {self.num_classes}) or be an ignore "
+                                 f"label {self.ignore_labels}, got [{values.min()}, {values.max()}]")
+        self.matrix += np.bincount(labels * self.num_classes + pred,
+                                   minlength=self.num_classes ** 2).reshape(self.matrix.shape)
+        return self
+
+    def merge(self, matrix) -> "ConfusionMatrix":
+        """Add a `[C, C]` count matrix (e.g. from the jit-able `confusion_matrix`)."""
+        matrix = np.asarray(matrix)
+        if matrix.shape != self.matrix.shape:
+            raise ValueError(f"matrix: expected shape {self.matrix.shape}, got {matrix.shape}")
+        self.matrix += matrix.astype(np.int64)
+        return self
+
+    def reset(self) -> None:
+        self.matrix[:] = 0
+
+    def iou(self) -> np.ndarray:
+        """Per-class IoU `[C]`, NaN for classes with an empty union."""
+        return iou_from_confusion(self.matrix)
+
+    def miou(self) -> float:
+        """Mean IoU over classes with a non-empty union."""
+        return miou_from_confusion(self.matrix)
+
+    def pixel_accuracy(self) -> float:
+        total = self.matrix.sum()
+        if total == 0:
+            raise ValueError("no pixel counted yet")
+        return float(np.trace(self.matrix) / total)
