@@ -91,23 +91,76 @@ def load_torch_weights(module: nnx.Module, state_dict: Mapping[str, np.ndarray],
             continue
         meta = var.get_metadata()
         value = np.asarray(given[name])
-        ours = _to_ours(value, meta["torch_layout"], var.value.shape)
-        if ours.shape != var.value.shape:
+        ours = _to_ours(value, meta["torch_layout"], var.get_value().shape)
+        if ours.shape != var.get_value().shape:
             raise ValueError(f"{name}: shape {value.shape} (ours {ours.shape}) does not fit the "
-                             f"module's {var.value.shape}")
-        var.value = jnp.asarray(ours)
+                             f"module's {var.get_value().shape}")
+        var.set_value(jnp.asarray(ours))
     return module
 
 
-def export_torch_weights(module_or_state) -> Dict[str, np.ndarray]:
+def export_torch_weights(module: nnx.Module, grads=None) -> Dict[str, np.ndarray]:
     """``{original name: numpy array in the original layout}`` for every mirrored variable.
 
-    Accepts a module, or an ``nnx.State`` of the same structure (e.g. gradients from
-    ``nnx.grad``), whose leaves are exported with the module's layouts.
+    With ``grads`` (an ``nnx.State`` of ``module``'s structure, e.g. from ``nnx.grad``) the
+    gradients are exported instead, in the same names and layouts
+    (see :func:`export_torch_gradients`).
     """
-    if isinstance(module_or_state, nnx.Module):
-        return {name: _to_torch(np.asarray(var.value), var.get_metadata()["torch_layout"],
-                                var.get_metadata().get("torch_shape"))
-                for name, var in torch_variables(module_or_state).items()}
-    raise TypeError("export_torch_weights takes an nnx.Module; for gradients use "
-                    "export_torch_gradients(module, grads)")
+    if not isinstance(module, nnx.Module):
+        raise TypeError("export_torch_weights takes an nnx.Module (and optionally its gradients: "
+                        "export_torch_weights(module, grads))")
+    if grads is not None:
+        return export_torch_gradients(module, grads)
+    return {name: _to_torch(np.asarray(var.get_value()), var.get_metadata()["torch_layout"],
+                            var.get_metadata().get("torch_shape"))
+            for name, var in torch_variables(module).items()}
+
+
+def _torch_paths(module: nnx.Module) -> Dict[tuple, tuple]:
+    """``{graph path: (original name, metadata)}`` for every mirrored variable of ``module``."""
+    found = {}
+    for path, node in nnx.iter_graph(module):
+        if isinstance(node, nnx.Variable):
+            meta = node.get_metadata()
+            if "torch_layout" in meta:
+                name = meta.get("torch_name") or ".".join(str(p) for p in path)
+                found[tuple(path)] = (name, meta)
+    return found
+
+
+def export_torch_gradients(module: nnx.Module, grads) -> Dict[str, np.ndarray]:
+    """Gradients in the original's names and layouts.
+
+    Args:
+      module: the module the gradients belong to (gives names and layouts).
+      grads: an ``nnx.State`` (e.g. from ``nnx.grad(loss)(module)``) or a nested dict of the
+        same structure (``state.to_pure_dict()``); leaves that are not mirrored variables of
+        ``module`` are ignored, mirrored variables without a gradient are left out.
+
+    Returns:
+      ``{original name: numpy array in the original layout}``, e.g. a ``[1, 1, 7, 7]`` gradient
+      for ``layers_joint.0.weight``.
+    """
+    paths = _torch_paths(module)
+    if isinstance(grads, nnx.State):
+        flat = [(tuple(p), v) for p, v in nnx.to_flat_state(grads)]
+    elif isinstance(grads, Mapping):
+        flat = []
+
+        def walk(prefix, node):
+            if isinstance(node, Mapping):
+                for k, v in node.items():
+                    walk(prefix + (k,), v)
+            else:
+                flat.append((prefix, node))
+        walk((), grads)
+    else:
+        raise TypeError(f"grads must be an nnx.State or a nested dict, got {type(grads).__name__}")
+    out = {}
+    for path, leaf in flat:
+        if path not in paths:
+            continue
+        name, meta = paths[path]
+        value = leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
+        out[name] = _to_torch(np.asarray(value), meta["torch_layout"], meta.get("torch_shape"))
+    return out

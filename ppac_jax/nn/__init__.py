@@ -1,0 +1,17 @@
+"""Flax NNX modules built from :mod:`ppac_jax.ops`."""
+
+from ppac_jax.nn import fillers
+from ppac_jax.nn.layers import (Buffer, Conv2d, NormalizedPacConv2d, PacConv2d,
+                                PacConvTranspose2d, PacPool2d, ProbPacConv2d, ReLU)
+
+__all__ = [
+    "fillers",
+    "Buffer",
+    "Conv2d",
+    "NormalizedPacConv2d",
+    "PacConv2d",
+    "PacConvTranspose2d",
+    "PacPool2d",
+    "ProbPacConv2d",
+    "ReLU",
+]

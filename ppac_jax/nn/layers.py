@@ -1,0 +1,508 @@
+"""Flax NNX layers mirroring the original PAC / PPAC modules, built on :mod:`ppac_jax.ops`.
+
+=======================  ==========================================  =============================
+layer                    call                                        original
+=======================  ==========================================  =============================
+:class:`PacConv2d`       ``layer(x, guide)`` / ``layer(x, kernel=K)``  ``pac.PacConv2d``
+:class:`PacConvTranspose2d`  same (guide on the output grid)         ``pac.PacConvTranspose2d``
+:class:`PacPool2d`       same                                        ``pac.PacPool2d``
+:class:`ProbPacConv2d`   ``layer(x, confidence, guide)``             ``probabilistic_pac.ProbPacConv2d``
+:class:`NormalizedPacConv2d`  ``layer(x, guide)``                    ``probabilistic_pac.NormalizedPacConv2d``
+:class:`Conv2d`          ``layer(x)``                                ``torch.nn.Conv2d``
+=======================  ==========================================  =============================
+
+Constructors take the original's arguments (``rngs`` optional, default ``nnx.Rngs(0)``), and
+attribute names are the original's state-dict names (``weight``, ``bias``, ``inv_alpha``,
+``inv_lambda``, ``smooth_kernel``, ``weight_normalization``) with ``torch_layout`` metadata, so
+:func:`ppac_jax.convert.load_torch_weights` / ``export_torch_weights`` move weights both ways.
+Trainable tensors are ``nnx.Param``; the original's buffers (fixed smooth kernels, ``_fixed``
+inv parameters, the ``crf_pool`` weight, weights frozen by ``fixed_gaussian_weights``) are
+:class:`Buffer` variables, which ``nnx.grad`` / ``nnx.Optimizer(wrt=nnx.Param)`` leave alone.
+
+Arrays are NHWC; weights HWIO ``[kh, kw, Cin, Cout]`` (``[kh, kw, 1, 1]`` with
+``shared_filters``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import lax
+
+from ppac_jax import ops
+from ppac_jax.nn import fillers
+from ppac_jax.ops.kernel import parse_kernel_type
+
+IntOrPair = Union[int, Sequence[int]]
+
+FILLERS = ("uniform", "linear", "crf", "crf_perturbed", "pool", "crf_pool")
+DEFAULT_SEED = 0
+
+
+class Buffer(nnx.Variable):
+    """A non-trainable tensor of the original's state dict (a PyTorch buffer)."""
+
+
+def _rngs(rngs: Optional[nnx.Rngs]) -> nnx.Rngs:
+    return nnx.Rngs(DEFAULT_SEED) if rngs is None else rngs
+
+
+def _pair(value: IntOrPair, name: str) -> Tuple[int, int]:
+    if isinstance(value, (int, np.integer)):
+        return int(value), int(value)
+    pair = tuple(int(v) for v in value)
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be an int or a pair, got {value!r}")
+    return pair
+
+
+def _check_channels(value: int, name: str) -> int:
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _smooth_kernel_init(smooth_kernel_type: str):
+    """``(values [n, n] float32 or None, learnable)`` for a ``smooth_kernel_type`` string."""
+    if smooth_kernel_type == "none":
+        return None, False
+    if smooth_kernel_type == "gaussian":
+        taps = np.array([0.25, 0.5, 0.25], np.float32)
+        return np.outer(taps, taps), False
+    kind, _, size = smooth_kernel_type.partition("_")
+    if kind in ("average", "full") and size.isdigit() and int(size) % 2 == 1:
+        n = int(size)
+        return np.full((n, n), 1.0 / (n * n), np.float32), kind == "full"
+    raise ValueError(f'smooth_kernel_type must be "none", "gaussian", "average_{{n}}" or '
+                     f'"full_{{n}}" with odd n, got {smooth_kernel_type!r}')
+
+
+class _PacBase(nnx.Module):
+    """Geometry and adapting-kernel parameters shared by the PAC layers."""
+
+    def __init__(self, kernel_size, stride, padding, dilation, output_padding, transposed,
+                 kernel_type, smooth_kernel_type, channel_wise, normalize_kernel,
+                 inv_channels: int, param_dtype):
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        if min(self.kernel_size) < 1 or any(k % 2 == 0 for k in self.kernel_size):
+            raise ValueError(f"kernel_size must be odd, got {kernel_size!r}")
+        self.stride = _pair(stride, "stride")
+        self.padding = _pair(padding, "padding")
+        self.dilation = _pair(dilation, "dilation")
+        self.output_padding = _pair(output_padding, "output_padding")
+        self.transposed = transposed
+        self.kernel_type = kernel_type
+        self.smooth_kernel_type = smooth_kernel_type
+        self.channel_wise = bool(channel_wise)
+        self.normalize_kernel = bool(normalize_kernel)
+
+        parsed = parse_kernel_type(kernel_type)
+        self._kernel_kind = parsed["kernel_type"]
+        self._asym = parsed["asym"]
+        if self._kernel_kind == "inv":
+            fixed = parsed["fixed"]
+            shape = (inv_channels,) if (self.channel_wise and not fixed) else ()
+            if shape and inv_channels < 1:
+                raise ValueError("channel-wise learnable inv kernels need out_channels > 0 "
+                                 "(the number of guidance channels)")
+            kind = Buffer if fixed else nnx.Param
+            self.inv_alpha = kind(jnp.full(shape, parsed["inv_alpha"], param_dtype),
+                                  torch_layout="same")
+            self.inv_lambda = kind(jnp.full(shape, parsed["inv_lambda"], param_dtype),
+                                   torch_layout="same")
+        smooth, learnable = _smooth_kernel_init(smooth_kernel_type)
+        if smooth is not None:
+            kind = nnx.Param if learnable else Buffer
+            self.smooth_kernel = kind(jnp.asarray(smooth, param_dtype), torch_layout="reshape",
+                                      torch_shape=(1, 1, *smooth.shape))
+
+    def compute_kernel(self, guide, mask=None):
+        """Adapting kernel of this layer (see :func:`ppac_jax.ops.pac_kernel`).
+
+        Args:
+          guide: ``[B, H, W, D]`` guidance (for transposed layers on the output grid).
+          mask: optional ``[B, h_in, w_in, 1]`` validity of the input samples.
+
+        Returns:
+          ``(kernel [B, Ho, Wo, kh, kw(, D)], output_mask [B, Ho, Wo, 1 or D] or None)``.
+        """
+        inv = {}
+        if self._kernel_kind == "inv":
+            inv = dict(inv_alpha=self.inv_alpha[...], inv_lambda=self.inv_lambda[...])
+        smooth = self.smooth_kernel[...] if hasattr(self, "smooth_kernel") else None
+        extra = dict(output_padding=self.output_padding) if self.transposed else {}
+        return ops.pac_kernel(
+            guide, self.kernel_size, stride=self.stride, padding=self.padding,
+            dilation=self.dilation, transposed=self.transposed, kernel_type=self._kernel_kind,
+            asym=self._asym, smooth_kernel=smooth, channel_wise=self.channel_wise,
+            normalize=self.normalize_kernel, mask=mask, **inv, **extra)
+
+    def _dispatch(self, x, guide, kernel, mask):
+        if kernel is not None:
+            if guide is not None or mask is not None:
+                raise ValueError("pass either guide (and mask) or a precomputed kernel, not both")
+            return self._apply(x, kernel)
+        if guide is None:
+            raise ValueError("guide is required when no precomputed kernel is given")
+        if mask is not None:
+            kernel, output_mask = self.compute_kernel(guide, mask)
+            return self._apply(x, kernel), output_mask
+        return self._pac(x, guide)
+
+    def _pac(self, x, guide):
+        # Kernel and product in one place: the switch point to a fused op.
+        kernel, _ = self.compute_kernel(guide)
+        return self._apply(x, kernel)
+
+
+def _filled_weight(filler, rngs, in_channels, out_channels, kernel_size, stride, shared_filters,
+                   normalize_kernel, transposed, param_dtype):
+    """``(weight HWIO, is_buffer)`` for a filler name."""
+    kh, kw = kernel_size
+    shape = (kh, kw, 1, 1) if shared_filters else (kh, kw, in_channels, out_channels)
+    if filler == "uniform":
+        w = fillers.uniform_weight(rngs.params(), shape, in_channels * kh * kw, param_dtype)
+        return w, False
+    if filler == "linear":
+        if not transposed:
+            raise ValueError('filler="linear" is only available for transposed layers')
+        if in_channels != out_channels:
+            raise ValueError('filler="linear" needs in_channels == out_channels')
+        w = fillers.linear_weight(in_channels, kernel_size, stride, normalize_kernel,
+                                  shared_filters)
+    elif filler == "crf":
+        w = fillers.crf_weight(in_channels, out_channels, kernel_size, shared_filters)
+    elif filler == "crf_perturbed":
+        key = rngs.params()
+        seed = np.asarray(jax.random.key_data(key)).ravel()
+        w = fillers.crf_perturbed_weight(np.random.default_rng(seed), in_channels, out_channels,
+                                         kernel_size, shared_filters)
+    elif filler == "pool":
+        w = fillers.pool_weight(in_channels, out_channels, kernel_size, shared_filters)
+    elif filler == "crf_pool":
+        if not shared_filters:
+            raise ValueError('filler="crf_pool" needs shared_filters=True')
+        return jnp.asarray(fillers.crf_pool_weight(kernel_size), param_dtype), True
+    else:
+        raise ValueError(f"filler must be one of {FILLERS}, got {filler!r}")
+    return jnp.asarray(w, param_dtype), False
+
+
+class _PacConvBase(_PacBase):
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
+                 output_padding, transposed, bias, kernel_type, smooth_kernel_type,
+                 normalize_kernel, shared_filters, filler, rngs, param_dtype):
+        self.in_channels = _check_channels(in_channels, "in_channels")
+        self.out_channels = _check_channels(out_channels, "out_channels")
+        if shared_filters and in_channels != out_channels:
+            raise ValueError(f"shared_filters=True needs in_channels == out_channels, got "
+                             f"{in_channels} and {out_channels}")
+        super().__init__(kernel_size, stride, padding, dilation, output_padding, transposed,
+                         kernel_type, smooth_kernel_type, False, normalize_kernel, 0,
+                         param_dtype)
+        self.shared_filters = bool(shared_filters)
+        self.filler = filler
+        rngs = _rngs(rngs)
+        weight, is_buffer = _filled_weight(filler, rngs, self.in_channels, self.out_channels,
+                                           self.kernel_size, self.stride, self.shared_filters,
+                                           self.normalize_kernel, transposed, param_dtype)
+        layout = "IOHW" if transposed else "OIHW"
+        self.weight = (Buffer if is_buffer else nnx.Param)(weight, torch_layout=layout)
+        if bias:
+            if filler == "uniform":
+                kh, kw = self.kernel_size
+                b = fillers.uniform_weight(rngs.params(), (self.out_channels,),
+                                           self.in_channels * kh * kw, param_dtype)
+            else:
+                b = jnp.zeros((self.out_channels,), param_dtype)
+            self.bias = nnx.Param(b, torch_layout="same")
+        else:
+            self.bias = None
+
+    def _bias(self):
+        return None if self.bias is None else self.bias[...]
+
+
+class PacConv2d(_PacConvBase):
+    """Pixel-adaptive convolution layer (``pac.PacConv2d``).
+
+    ``y = pac_conv2d(x, pac_kernel(guide), weight, bias)``.
+
+    Args:
+      in_channels, out_channels: channels of ``x`` and ``y``.
+      kernel_size: odd int or pair.
+      stride, padding, dilation: ints or pairs.
+      bias: learnable bias ``[Cout]``.
+      kernel_type: ``"gaussian"`` or ``"inv_{alpha}_{lambda}[_asym][_fixed]"`` (learnable
+        scalars ``inv_alpha`` / ``inv_lambda`` unless ``_fixed``).
+      smooth_kernel_type: ``"none"``, ``"gaussian"`` (fixed 3x3), ``"average_{n}"`` (fixed) or
+        ``"full_{n}"`` (learnable), smoothing the centre feature.
+      normalize_kernel: normalise the adapting kernel over each window.
+      shared_filters: one ``[kh, kw]`` filter for all channels (``in == out``).
+      filler: ``"uniform"``, ``"crf"``, ``"crf_perturbed"``, ``"pool"``, ``"crf_pool"`` (see
+        :mod:`ppac_jax.nn.fillers`); ``"linear"`` is for transposed layers only.
+      native_impl: accepted for compatibility (ignored).
+      rngs: for the random fillers; default ``nnx.Rngs(0)``.
+      param_dtype: dtype of the parameters.
+      impl: windowed-product implementation passed to the op.
+
+    Call: ``layer(x [B,H,W,Cin], guide [B,H,W,D])`` -> ``[B,Ho,Wo,Cout]``;
+    ``layer(x, kernel=K)`` with a precomputed ``[B,Ho,Wo,kh,kw]`` kernel;
+    ``layer(x, guide, mask=m)`` (``m`` ``[B,H,W,1]``) -> ``(y, output_mask [B,Ho,Wo,1])``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 bias=True, kernel_type="gaussian", smooth_kernel_type="none",
+                 normalize_kernel=False, shared_filters=False, filler="uniform",
+                 native_impl=False, *, rngs: Optional[nnx.Rngs] = None,
+                 param_dtype=jnp.float32, impl="auto"):
+        if filler == "linear":
+            raise ValueError('filler="linear" is only available for PacConvTranspose2d')
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, 0,
+                         False, bias, kernel_type, smooth_kernel_type, normalize_kernel,
+                         shared_filters, filler, rngs, param_dtype)
+        self.impl = impl
+
+    def __call__(self, x, guide=None, *, kernel=None, mask=None):
+        return self._dispatch(x, guide, kernel, mask)
+
+    def _apply(self, x, kernel):
+        return ops.pac_conv2d(x, kernel, self.weight[...], self._bias(), stride=self.stride,
+                              padding=self.padding, dilation=self.dilation,
+                              shared_filters=self.shared_filters, impl=self.impl)
+
+
+class PacConvTranspose2d(_PacConvBase):
+    """Pixel-adaptive transposed convolution layer (``pac.PacConvTranspose2d``).
+
+    Arguments as :class:`PacConv2d` plus ``output_padding``; ``filler="linear"`` gives bilinear
+    upsampling weights (``in == out`` channels). The weight is ``[kh, kw, Cin, Cout]`` (from
+    the original's IOHW) and, as in the original, is **not** spatially flipped.
+
+    Call: ``layer(x [B,h,w,Cin], guide [B,Ho,Wo,D])`` with the guide on the *output* grid,
+    ``Ho = (h - 1) s - 2p + d (k - 1) + 1 + output_padding``; or ``layer(x, kernel=K)``;
+    ``layer(x, guide, mask=m)`` with ``m`` ``[B,h,w,1]`` -> ``(y, output_mask)``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, dilation=1, bias=True, kernel_type="gaussian",
+                 smooth_kernel_type="none", normalize_kernel=False, shared_filters=False,
+                 filler="uniform", native_impl=False, *, rngs: Optional[nnx.Rngs] = None,
+                 param_dtype=jnp.float32, impl="auto"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         output_padding, True, bias, kernel_type, smooth_kernel_type,
+                         normalize_kernel, shared_filters, filler, rngs, param_dtype)
+        self.impl = impl
+
+    def __call__(self, x, guide=None, *, kernel=None, mask=None):
+        return self._dispatch(x, guide, kernel, mask)
+
+    def _apply(self, x, kernel):
+        return ops.pac_conv_transpose2d(
+            x, kernel, self.weight[...], self._bias(), stride=self.stride, padding=self.padding,
+            output_padding=self.output_padding, dilation=self.dilation,
+            shared_filters=self.shared_filters, impl=self.impl)
+
+
+class PacPool2d(_PacBase):
+    """Pixel-adaptive pooling layer (``pac.PacPool2d``): ``y = sum_t K_t x_t`` per channel.
+
+    Args:
+      kernel_size, stride, padding, dilation: as :class:`PacConv2d`.
+      kernel_type, smooth_kernel_type, normalize_kernel: as :class:`PacConv2d`.
+      channel_wise: one adapting kernel per channel (guide channels == x channels).
+      filler: accepted for compatibility (a pool has no weights).
+      out_channels: number of channels; needed (> 0) for learnable channel-wise ``inv``
+        parameters ``[C]``.
+      native_impl: ignored.
+
+    Call: ``layer(x [B,H,W,C], guide [B,H,W,D])`` -> ``[B,Ho,Wo,C]``; ``layer(x, kernel=K)``;
+    ``layer(x, guide, mask=m)`` -> ``(y, output_mask)``.
+    """
+
+    def __init__(self, kernel_size, stride=1, padding=0, dilation=1, kernel_type="gaussian",
+                 smooth_kernel_type="none", channel_wise=False, filler="uniform",
+                 out_channels=-1, normalize_kernel=False, native_impl=False, *,
+                 rngs: Optional[nnx.Rngs] = None, param_dtype=jnp.float32, impl="auto"):
+        if filler not in FILLERS:
+            raise ValueError(f"filler must be one of {FILLERS}, got {filler!r}")
+        super().__init__(kernel_size, stride, padding, dilation, 0, False, kernel_type,
+                         smooth_kernel_type, channel_wise, normalize_kernel, int(out_channels),
+                         param_dtype)
+        self.out_channels = int(out_channels)
+        self.filler = filler
+        self.impl = impl
+
+    def __call__(self, x, guide=None, *, kernel=None, mask=None):
+        return self._dispatch(x, guide, kernel, mask)
+
+    def _apply(self, x, kernel):
+        return ops.pac_pool2d(x, kernel, kernel_size=self.kernel_size, stride=self.stride,
+                              padding=self.padding, dilation=self.dilation, impl=self.impl)
+
+
+class _NormalizedBase(_PacBase):
+    """Weights of the PPAC layers: ``weight``, ``weight_normalization`` (log-weights), ``bias``."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, padding, bias, kernel_type,
+                 shared_filters, rngs, param_dtype):
+        self.in_channels = _check_channels(in_channels, "in_channels")
+        self.out_channels = _check_channels(out_channels, "out_channels")
+        if shared_filters and in_channels != out_channels:
+            raise ValueError(f"shared_filters=True needs in_channels == out_channels, got "
+                             f"{in_channels} and {out_channels}")
+        super().__init__(kernel_size, 1, padding, 1, 0, False, kernel_type, "none", False,
+                         False, 0, param_dtype)
+        self.shared_filters = bool(shared_filters)
+        rngs = _rngs(rngs)
+        kh, kw = self.kernel_size
+        shape = (kh, kw, 1, 1) if shared_filters else (kh, kw, in_channels, out_channels)
+        fan_in = in_channels * kh * kw
+        w = jnp.abs(fillers.uniform_weight(rngs.params(), shape, fan_in, param_dtype))
+        self.weight = nnx.Param(w, torch_layout="OIHW")
+        self.weight_normalization = nnx.Param(jnp.log(w), torch_layout="OIHW")
+        if bias:
+            b = fillers.uniform_weight(rngs.params(), (out_channels,), fan_in, param_dtype)
+            self.bias = nnx.Param(b, torch_layout="same")
+        else:
+            self.bias = None
+
+    def _bias(self):
+        return None if self.bias is None else self.bias[...]
+
+
+class ProbPacConv2d(_NormalizedBase):
+    """Probabilistic PAC layer (``probabilistic_pac.ProbPacConv2d``).
+
+    ``y = pac(x * c, K, W) / max(sum_t K_t c_t exp(W_norm)_t, 1e-20) + bias`` with the adapting
+    kernel ``K`` of the guide (zero-padded guidance, stride 1, dilation 1).
+
+    Args:
+      in_channels, out_channels, kernel_size, padding, bias: as :class:`PacConv2d`.
+      kernel_type: ``"gaussian"`` or ``"inv_..."``.
+      shared_filters: ``weight`` and ``weight_normalization`` are ``[kh, kw, 1, 1]``.
+      rngs, param_dtype, impl: as :class:`PacConv2d`.
+
+    Initialisation: ``W = |U(-s, s)|``, ``W_norm = log W``, bias ``U(-s, s)``,
+    ``s = 1 / sqrt(Cin kh kw)``.
+
+    Call: ``layer(x [B,H,W,Cin], confidence [B,H,W,1], guide [B,H,W,D])`` -> ``[B,Ho,Wo,Cout]``,
+    or ``layer(x, confidence, kernel=K)``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, padding=0, bias=True,
+                 kernel_type="gaussian", shared_filters=False, *,
+                 rngs: Optional[nnx.Rngs] = None, param_dtype=jnp.float32, impl="auto"):
+        super().__init__(in_channels, out_channels, kernel_size, padding, bias, kernel_type,
+                         shared_filters, rngs, param_dtype)
+        self.impl = impl
+
+    def __call__(self, x, confidence, guide=None, *, kernel=None):
+        if kernel is not None:
+            if guide is not None:
+                raise ValueError("pass either guide or a precomputed kernel, not both")
+            return self._apply(x, confidence, kernel)
+        if guide is None:
+            raise ValueError("guide is required when no precomputed kernel is given")
+        return self._pac(x, confidence, guide)
+
+    def _pac(self, x, confidence, guide):
+        # Kernel and product in one place: the switch point to a fused op.
+        kernel, _ = self.compute_kernel(guide)
+        return self._apply(x, confidence, kernel)
+
+    def _apply(self, x, confidence, kernel):
+        return ops.prob_pac_conv2d(x, confidence, kernel, self.weight[...],
+                                   self.weight_normalization[...], self._bias(),
+                                   padding=self.padding, shared_filters=self.shared_filters,
+                                   impl=self.impl)
+
+
+class NormalizedPacConv2d(_NormalizedBase):
+    """Normalised PAC layer (``probabilistic_pac.NormalizedPacConv2d``).
+
+    ``y = pac(x, K, W) / max(sum_t K_t exp(W_norm)_t, 1e-20) + bias``; out-of-image taps count
+    in the denominator (as in the original). Arguments as :class:`ProbPacConv2d`.
+
+    Call: ``layer(x [B,H,W,Cin], guide [B,H,W,D])`` -> ``[B,Ho,Wo,Cout]``, or
+    ``layer(x, kernel=K)``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, padding=0, bias=True,
+                 kernel_type="gaussian", shared_filters=False, *,
+                 rngs: Optional[nnx.Rngs] = None, param_dtype=jnp.float32, impl="auto"):
+        super().__init__(in_channels, out_channels, kernel_size, padding, bias, kernel_type,
+                         shared_filters, rngs, param_dtype)
+        self.impl = impl
+
+    def __call__(self, x, guide=None, *, kernel=None):
+        return self._dispatch(x, guide, kernel, None)
+
+    def _apply(self, x, kernel):
+        return ops.normalized_pac_conv2d(x, kernel, self.weight[...],
+                                         self.weight_normalization[...], self._bias(),
+                                         padding=self.padding,
+                                         shared_filters=self.shared_filters, impl=self.impl)
+
+
+class Conv2d(nnx.Module):
+    """Plain convolution mirroring ``torch.nn.Conv2d`` (names ``weight`` OIHW, ``bias``).
+
+    PyTorch's default initialisation (``U(-s, s)``, ``s = 1/sqrt(Cin kh kw)``, weight and
+    bias). Call: ``layer(x [B,H,W,Cin])`` -> ``[B,Ho,Wo,Cout]`` (zero padding).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 bias=True, *, rngs: Optional[nnx.Rngs] = None, param_dtype=jnp.float32):
+        self.in_channels = _check_channels(in_channels, "in_channels")
+        self.out_channels = _check_channels(out_channels, "out_channels")
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.padding = _pair(padding, "padding")
+        self.dilation = _pair(dilation, "dilation")
+        rngs = _rngs(rngs)
+        kh, kw = self.kernel_size
+        fan_in = self.in_channels * kh * kw
+        self.weight = nnx.Param(
+            fillers.uniform_weight(rngs.params(), (kh, kw, self.in_channels, self.out_channels),
+                                   fan_in, param_dtype), torch_layout="OIHW")
+        self.bias = (nnx.Param(fillers.uniform_weight(rngs.params(), (self.out_channels,), fan_in,
+                                                      param_dtype), torch_layout="same")
+                     if bias else None)
+
+    def __call__(self, x):
+        if x.ndim != 4 or x.shape[-1] != self.in_channels:
+            raise ValueError(f"x must be [B, H, W, {self.in_channels}], got {x.shape}")
+        w = self.weight[...]
+        dtype = jnp.result_type(x, w)
+        y = lax.conv_general_dilated(
+            x.astype(dtype), w.astype(dtype), self.stride,
+            [(p, p) for p in self.padding], rhs_dilation=self.dilation,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=lax.Precision.HIGHEST)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(dtype)
+        return y
+
+
+class ReLU(nnx.Module):
+    """``torch.nn.ReLU`` as a list entry (keeps the original's ``Sequential`` indices)."""
+
+    def __call__(self, x):
+        return jax.nn.relu(x)
+
+
+__all__ = [
+    "Buffer",
+    "Conv2d",
+    "NormalizedPacConv2d",
+    "PacConv2d",
+    "PacConvTranspose2d",
+    "PacPool2d",
+    "ProbPacConv2d",
+    "ReLU",
+]
