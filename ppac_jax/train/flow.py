@@ -124,5 +124,9 @@ class FlowRefinementTask:
                   viz.error_map(est, gt, valid), viz.error_map(refined, gt, valid)]
         titles = ["image", "ground truth", f"input EPE {e_in:.2f}", f"refined EPE {e_out:.2f}",
                   "input error", "refined error"]
+        scale = max(1, -(-160 // image.shape[1]))  # small images: enlarge so titles fit
+        if scale > 1:
+            images = [np.repeat(np.repeat(viz.to_uint8_image(im), scale, 0), scale, 1)
+                      for im in images]
         path = os.path.join(workdir, "pictures", f"step_{step:06d}", f"sample_{index:02d}.png")
         viz.save_panel(path, images, titles, columns=2)

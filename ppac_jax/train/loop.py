@@ -139,11 +139,13 @@ class Trainer:
 
 
 def train_and_evaluate(task: Task, config: TrainConfig, workdir: str, *, resume: bool = True,
-                       log: Callable[[str], None] = print) -> dict:
+                       log: Callable[[str], None] = print,
+                       init: Callable[[Trainer], None] | None = None) -> dict:
     """Train ``task`` for ``config.steps`` steps in ``workdir``; returns the last evaluation.
 
     Resumes from ``workdir/checkpoints`` when it holds a checkpoint (and ``resume``). Evaluates
     every ``eval_every`` steps and at the end, keeping the best checkpoint by ``aee``.
+    ``init(trainer)`` (e.g. loading pretrained weights) runs when not resuming.
     """
     trainer = Trainer(task, config)
     ckpt = Checkpointer(workdir)
@@ -152,6 +154,8 @@ def train_and_evaluate(task: Task, config: TrainConfig, workdir: str, *, resume:
     if resume and ckpt.latest_step() is not None:
         trainer.state = ckpt.restore(trainer.state)
         log(f"resuming from step {trainer.step}")
+    elif init is not None:
+        init(trainer)
     start = trainer.step
     last_eval = {}
     if start >= config.steps:
