@@ -224,6 +224,8 @@ def run(args, log=print):
                                     process_id=args.process_id).items() if v is not None}
         jax.distributed.initialize(**kw)
     cfg = _config(args)
+    if args.pretrained and not os.path.exists(args.pretrained):
+        raise FileNotFoundError(f"--pretrained: no such file or directory: {args.pretrained}")
     is_main = jax.process_index() == 0
     log = log if is_main else (lambda *a, **k: None)
     workdir = os.path.abspath(args.workdir)

@@ -111,7 +111,8 @@ class Trainer:
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         params = jax.tree_util.tree_map(lambda p, u: p + u, state["params"], updates)
         grad_norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree_util.tree_leaves(grads)))
-        metrics = {"loss": loss, "grad_norm": grad_norm, **aux}
+        metrics = {"loss": loss, "grad_norm": grad_norm, **aux,
+                   "skipped": (~jnp.isfinite(grad_norm)).astype(jnp.float32)}
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
     def _predict_fn(self, params, rest, batch):
@@ -140,14 +141,16 @@ class Trainer:
 
 def train_and_evaluate(task: Task, config: TrainConfig, workdir: str, *, resume: bool = True,
                        log: Callable[[str], None] = print,
-                       init: Callable[[Trainer], None] | None = None) -> dict:
+                       init: Callable[[Trainer], None] | None = None,
+                       trainer: Trainer | None = None) -> dict:
     """Train ``task`` for ``config.steps`` steps in ``workdir``; returns the last evaluation.
 
     Resumes from ``workdir/checkpoints`` when it holds a checkpoint (and ``resume``). Evaluates
     every ``eval_every`` steps and at the end, keeping the best checkpoint by ``aee``.
-    ``init(trainer)`` (e.g. loading pretrained weights) runs when not resuming.
+    ``init(trainer)`` (e.g. loading pretrained weights) runs when not resuming. Pass your own
+    ``trainer`` (built from the same task and config) to inspect its state afterwards.
     """
-    trainer = Trainer(task, config)
+    trainer = Trainer(task, config) if trainer is None else trainer
     ckpt = Checkpointer(workdir)
     writer = MetricWriter(workdir)
     is_main = jax.process_index() == 0

@@ -36,6 +36,9 @@ class OptimConfig:
     milestones: tuple[int, ...] = ()
     gamma: float = 0.5
     weight_decay: float = 0.0
+    # skip an update whose gradient has a NaN/Inf (PPAC's division by a confidence-weighted sum
+    # can overflow in float32 when the confidences of a whole window collapse towards 0)
+    skip_nonfinite: bool = True
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -98,16 +101,20 @@ def make_optimizer(config: OptimConfig, params) -> optax.GradientTransformation:
         parts.append(optax.adam(schedule(lr)))
         return optax.chain(*parts)
 
-    if config.branch_lr is None or config.branch_lr == config.lr:
-        return adam(config.lr)
-
     def label(path, _):
         names = [str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path]
         return "branch" if any(n in config.branch_names for n in names) else "main"
 
-    labels = jax.tree_util.tree_map_with_path(label, params)
-    return optax.multi_transform({"main": adam(config.lr), "branch": adam(config.branch_lr)},
-                                 labels)
+    if config.branch_lr is None or config.branch_lr == config.lr:
+        tx = adam(config.lr)
+    else:
+        labels = jax.tree_util.tree_map_with_path(label, params)
+        tx = optax.multi_transform({"main": adam(config.lr), "branch": adam(config.branch_lr)},
+                                   labels)
+    if config.skip_nonfinite:
+        tx = optax.apply_if_finite(tx, max_consecutive_errors=100)
+    return tx
+
 
 
 def split_model(model: nnx.Module):
