@@ -132,3 +132,16 @@ def test_checkpointer_keeps_latest_and_best(tmp_path):
     np.testing.assert_allclose(latest["a"], 3 * np.arange(3.0))
     np.testing.assert_allclose(best["b"]["c"], 2 * np.ones((2, 2)))
     ck.close()
+
+
+def test_ppac_division_gradient_is_finite_near_the_floor():
+    """float32 denominators just above PPAC's 1e-20 floor (collapsed confidences) used to give
+    NaN gradients (d**-2 underflows on CPU); training relies on them being finite."""
+    from ppac_jax.ops.prob import _divide
+
+    num = jnp.asarray([3e-20, 1.0], jnp.float32)
+    den = jnp.asarray([5e-20, 2.0], jnp.float32)
+    g_num, g_den = jax.grad(lambda n, d: jnp.sum(_divide(n, d, None)), argnums=(0, 1))(num, den)
+    assert bool(jnp.all(jnp.isfinite(g_num))) and bool(jnp.all(jnp.isfinite(g_den)))
+    np.testing.assert_allclose(g_den[1], -0.25, rtol=1e-6)
+    np.testing.assert_allclose(g_num[1], 0.5, rtol=1e-6)

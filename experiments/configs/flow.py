@@ -19,7 +19,7 @@ class FlowConfig:
     dataset: str = "synthetic"  # synthetic | lists
     height: int = 96  # synthetic scene size (divisible by 16)
     width: int = 128
-    num_train_scenes: int = 384
+    num_train_scenes: int = 256
     num_val_scenes: int = 32
     data_seed: int = 0
     data_root: Optional[str] = None  # lists: root the list paths are relative to
@@ -28,17 +28,17 @@ class FlowConfig:
     val_list: Optional[str] = None
     missing_confidence: str = "error"  # lists: "error" or "uniform"
     # training
-    steps: int = 600
+    steps: int = 300
     batch_size: int = 8  # global, over all devices
-    crop: tuple[int, int] = (64, 64)
+    crop: tuple[int, int] = (48, 48)
     flip: bool = True
-    lr: float = 3e-3
+    lr: float = 2e-3
     branch_lr: Optional[float] = None  # guidance/probability branches (None: = lr)
-    milestones: tuple[int, ...] = (400, 520)
+    milestones: tuple[int, ...] = (200, 260)
     gamma: float = 0.5
     weight_decay: float = 0.0
     seed: int = 0
-    eval_every: int = 200
+    eval_every: int = 100
     checkpoint_every: int = 100
     log_every: int = 10
     eval_batch_size: int = 8
