@@ -85,6 +85,8 @@ def _crop_common(samples):
 
 def load_data(cfg, workdir, log=print):
     """(train dict [N,...], validation dict or list of per-sample dicts)."""
+    import numpy as np
+
     from ppac_jax.data import datasets
 
     if cfg.dataset == "synthetic":
@@ -98,6 +100,24 @@ def load_data(cfg, workdir, log=print):
                                               height=cfg.height, width=cfg.width,
                                               cache_dir=cache, log=log)
         return train, val
+    if cfg.dataset == "tfds":  # the synthetic scenes, packed to array_record and read back
+        from ppac_jax.data.tfds_builder import PpacFlow, PpacFlowConfig
+
+        name = f"synthetic_{cfg.height}x{cfg.width}_{cfg.num_train_scenes}_{cfg.num_val_scenes}"
+        builder = PpacFlow(data_dir=cfg.tfds_data_dir or os.path.join(workdir, "tfds"),
+                           config=PpacFlowConfig(name=name, height=cfg.height, width=cfg.width,
+                                                 num_train=cfg.num_train_scenes,
+                                                 num_validation=cfg.num_val_scenes))
+        builder.download_and_prepare(file_format="array_record")
+        out = []
+        for split in ("train", "validation"):
+            source = builder.as_data_source(split=split)
+            records = [source[i] for i in range(len(source))]
+            arrays = {k: np.stack([r[k] for r in records]) for k in records[0]}
+            for k in ("image1", "image2"):
+                arrays[k] = arrays[k].astype(np.float32) / 255.0
+            out.append(arrays)
+        return tuple(out)
     if cfg.dataset == "lists":
         for name in ("train_list", "val_list", "estimates_root"):
             if getattr(cfg, name) is None:
@@ -109,7 +129,8 @@ def load_data(cfg, workdir, log=print):
         if any(s["confidence_source"] == "uniform" for s in train + val):
             log("note: some _prob.npy confidence files are missing; using confidence 1 there")
         return datasets.stack_samples(_crop_common(train)), val
-    raise ValueError(f"config field dataset: expected 'synthetic' or 'lists', got {cfg.dataset!r}")
+    raise ValueError(f"config field dataset: expected 'synthetic', 'tfds' or 'lists', got "
+                     f"{cfg.dataset!r}")
 
 
 def make_model_factory(cfg):

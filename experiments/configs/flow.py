@@ -16,7 +16,7 @@ __all__ = ["FlowConfig", "PRESETS", "get_config"]
 @dataclasses.dataclass(frozen=True)
 class FlowConfig:
     # data
-    dataset: str = "synthetic"  # synthetic | lists
+    dataset: str = "synthetic"  # synthetic | tfds (same scenes via array_record) | lists
     height: int = 96  # synthetic scene size (divisible by 16)
     width: int = 128
     num_train_scenes: int = 256
@@ -27,6 +27,7 @@ class FlowConfig:
     train_list: Optional[str] = None
     val_list: Optional[str] = None
     missing_confidence: str = "error"  # lists: "error" or "uniform"
+    tfds_data_dir: Optional[str] = None  # tfds: default WORKDIR/tfds
     # training
     steps: int = 300
     batch_size: int = 8  # global, over all devices
