@@ -40,7 +40,8 @@ def test_crf(gold):
     for name in names:
         c, k, kind = re.fullmatch(r"crf_C(\d+)_k(\d+)_(full|shared)", name).groups()
         got = fillers.crf_weight(int(c), int(c), int(k), kind == "shared")
-        np.testing.assert_allclose(got, _oihw_to_hwio(gold[name]), rtol=1e-6, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(got, _oihw_to_hwio(gold[name]), rtol=1e-6, atol=1e-7,
+                                   err_msg=name)
 
 
 def test_crf_pool(gold):
@@ -55,7 +56,8 @@ def test_linear(gold):
     for name, args in info.items():
         got = fillers.linear_weight(args["in_channels"], args["kernel_size"], args["stride"],
                                     args["normalize_kernel"], args["shared_filters"])
-        np.testing.assert_allclose(got, _iohw_to_hwio(gold[name]), rtol=1e-6, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(got, _iohw_to_hwio(gold[name]), rtol=1e-6, atol=1e-7,
+                                   err_msg=name)
 
 
 def test_linear_rejects_bad_geometry():
@@ -80,7 +82,8 @@ def test_uniform_bounds_numpy_and_jax():
     assert np.abs(w).max() <= b and np.abs(w).max() > 0.8 * b
     wj = np.asarray(fillers.uniform_weight(jax.random.key(0), (5, 5, 3, 4), fan_in))
     assert np.abs(wj).max() <= b and np.abs(wj).max() > 0.8 * b
-    np.testing.assert_array_equal(fillers.uniform_weight(3, (4,), 2), fillers.uniform_weight(3, (4,), 2))
+    np.testing.assert_array_equal(fillers.uniform_weight(3, (4,), 2),
+                                  fillers.uniform_weight(3, (4,), 2))
 
 
 def test_crf_perturbed_close_to_crf():

@@ -112,12 +112,19 @@ def test_layer_equals_ops_with_precomputed_kernel():
     guide = jnp.asarray(rng.normal(size=(2, 9, 10, 4)), jnp.float32)
     layer = pnn.PacConv2d(3, 5, 3, stride=2, padding=1, kernel_type="inv_0.3_0.7_asym",
                           smooth_kernel_type="average_3", normalize_kernel=True)
-    kernel, _ = ops.pac_kernel(guide, 3, stride=2, padding=1, kernel_type="inv", asym=True,
-                               inv_alpha=0.3, inv_lambda=0.7,
-                               smooth_kernel=jnp.full((3, 3), 1 / 9), normalize=True)
-    expected = ops.pac_conv2d(x, kernel, layer.weight[...], layer.bias[...], stride=2, padding=1)
-    np.testing.assert_allclose(layer(x, guide), expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(layer(x, kernel=kernel), expected, rtol=1e-5, atol=1e-6)
+
+    @nnx.jit
+    def run(layer, x, guide):
+        kernel, _ = ops.pac_kernel(guide, 3, stride=2, padding=1, kernel_type="inv", asym=True,
+                                   inv_alpha=0.3, inv_lambda=0.7,
+                                   smooth_kernel=jnp.full((3, 3), 1 / 9), normalize=True)
+        expected = ops.pac_conv2d(x, kernel, layer.weight[...], layer.bias[...], stride=2,
+                                  padding=1)
+        return layer(x, guide), layer(x, kernel=kernel), expected
+
+    from_guide, from_kernel, expected = run(layer, x, guide)
+    np.testing.assert_allclose(from_guide, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(from_kernel, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_state_dict_names_and_variable_kinds():
@@ -191,7 +198,7 @@ def test_mask_returns_output_mask():
     guide = jnp.asarray(rng.normal(size=(1, 6, 7, 3)), jnp.float32)
     mask = jnp.ones((1, 6, 7, 1), jnp.float32).at[:, :3].set(0)
     layer = pnn.PacConv2d(2, 2, 3, padding=1)
-    y, out_mask = layer(x, guide, mask=mask)
+    y, out_mask = nnx.jit(lambda layer, x, g, m: layer(x, g, mask=m))(layer, x, guide, mask)
     assert y.shape == (1, 6, 7, 2) and out_mask.shape == (1, 6, 7, 1)
     np.testing.assert_array_equal(out_mask[0, :2, :, 0], 0)
     np.testing.assert_array_equal(out_mask[0, 3:, :, 0], 1)
@@ -212,3 +219,39 @@ def test_layers_jit_and_grad_float32():
     names = convert.export_torch_gradients(layer, grads)
     assert set(names) == {"weight", "weight_normalization", "bias"}
     assert all(np.all(np.isfinite(v)) for v in names.values())
+
+
+def test_option_wiring_transposed_and_pool():
+    """Every constructor option reaches the op (mixes not covered by the golden files)."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(1, 4, 5, 2)))
+    guide_hi = jnp.asarray(rng.normal(size=(1, 8, 10, 3)))
+    t = pnn.PacConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1,
+                               kernel_type="inv_0.4_0.6_asym", smooth_kernel_type="full_3",
+                               normalize_kernel=True, param_dtype=jnp.float64)
+    smooth = jnp.asarray(rng.uniform(size=(3, 3)))
+    t.smooth_kernel.set_value(smooth)
+    xp = jnp.asarray(rng.normal(size=(1, 6, 7, 3)))
+    guide = jnp.asarray(rng.normal(size=(1, 6, 7, 3)))
+    p = pnn.PacPool2d(3, stride=1, padding=2, dilation=2, kernel_type="inv_0.2_0.5",
+                      channel_wise=True, out_channels=3, normalize_kernel=True,
+                      param_dtype=jnp.float64)
+    p.inv_alpha.set_value(jnp.asarray([0.1, 0.2, 0.3]))
+
+    @nnx.jit
+    def run(t, p):
+        kt, _ = ops.pac_kernel(guide_hi, 3, stride=2, padding=1, output_padding=1,
+                               transposed=True, kernel_type="inv", asym=True, inv_alpha=0.4,
+                               inv_lambda=0.6, smooth_kernel=smooth, normalize=True)
+        yt = ops.pac_conv_transpose2d(x, kt, t.weight[...], t.bias[...], stride=2, padding=1,
+                                      output_padding=1)
+        kp, _ = ops.pac_kernel(guide, 3, padding=2, dilation=2, kernel_type="inv",
+                               inv_alpha=jnp.asarray([0.1, 0.2, 0.3]), inv_lambda=0.5,
+                               channel_wise=True, normalize=True)
+        yp = ops.pac_pool2d(xp, kp, kernel_size=3, padding=2, dilation=2)
+        return t(x, guide_hi), yt, p(xp, guide), yp
+
+    got_t, want_t, got_p, want_p = run(t, p)
+    assert got_t.shape == (1, 8, 10, 3) and got_p.shape == (1, 6, 7, 3)
+    np.testing.assert_allclose(got_t, want_t, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got_p, want_p, rtol=1e-12, atol=1e-12)

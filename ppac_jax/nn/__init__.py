@@ -3,6 +3,7 @@
 from ppac_jax.nn import fillers
 from ppac_jax.nn.layers import (Buffer, Conv2d, NormalizedPacConv2d, PacConv2d,
                                 PacConvTranspose2d, PacPool2d, ProbPacConv2d, ReLU)
+from ppac_jax.nn.refine import PacNetAdvancedNormalization, PPacNet
 
 __all__ = [
     "fillers",
@@ -14,4 +15,6 @@ __all__ = [
     "PacPool2d",
     "ProbPacConv2d",
     "ReLU",
+    "PPacNet",
+    "PacNetAdvancedNormalization",
 ]

@@ -145,7 +145,8 @@ def pool_weight(in_channels: int, out_channels: int, kernel_size: IntOrPair,
     if in_channels != out_channels:
         raise ValueError(f"the pool filler needs in_channels == out_channels, got "
                          f"{in_channels} and {out_channels}")
-    return np.eye(in_channels, dtype=np.float32)[None, None] * np.ones((kh, kw, 1, 1), np.float32) * value
+    return np.broadcast_to(np.eye(in_channels, dtype=np.float32) * value,
+                           (kh, kw, in_channels, in_channels)).copy()
 
 
 def uniform_bound(fan_in: int) -> float:
@@ -153,7 +154,7 @@ def uniform_bound(fan_in: int) -> float:
     return 1.0 / math.sqrt(_positive(fan_in, "fan_in"))
 
 
-def uniform_weight(rng, shape: Sequence[int], fan_in: int, dtype=np.float32):
+def uniform_weight(rng, shape: Sequence[int], fan_in: int | None = None, dtype=np.float32):
     """The ``uniform`` filler: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` of ``shape``.
 
     PyTorch's conv initialisation as the original uses it, for weights and biases alike
@@ -163,11 +164,16 @@ def uniform_weight(rng, shape: Sequence[int], fan_in: int, dtype=np.float32):
       rng: a ``numpy.random.Generator``, an int seed, or a JAX PRNG key (then the result is a
         JAX array drawn with ``jax.random.uniform``).
       shape: output shape, e.g. HWIO ``[kh, kw, Cin, Cout]`` or ``[Cout]`` for a bias.
-      fan_in: see above.
+      fan_in: see above; default ``kh * kw * Cin`` of a 4-D HWIO ``shape`` (pass it explicitly
+        for biases and for shared ``[kh, kw, 1, 1]`` filters).
       dtype: result dtype.
     """
-    bound = uniform_bound(fan_in)
     shape = tuple(int(s) for s in shape)
+    if fan_in is None:
+        if len(shape) != 4:
+            raise ValueError(f"fan_in is required unless shape is HWIO (4-D), got shape {shape}")
+        fan_in = shape[0] * shape[1] * shape[2]
+    bound = uniform_bound(fan_in)
     if isinstance(rng, (int, np.integer)):
         rng = np.random.default_rng(int(rng))
     if isinstance(rng, np.random.Generator):

@@ -1,15 +1,11 @@
 """Flax NNX layers mirroring the original PAC / PPAC modules, built on :mod:`ppac_jax.ops`.
 
-=======================  ==========================================  =============================
-layer                    call                                        original
-=======================  ==========================================  =============================
-:class:`PacConv2d`       ``layer(x, guide)`` / ``layer(x, kernel=K)``  ``pac.PacConv2d``
-:class:`PacConvTranspose2d`  same (guide on the output grid)         ``pac.PacConvTranspose2d``
-:class:`PacPool2d`       same                                        ``pac.PacPool2d``
-:class:`ProbPacConv2d`   ``layer(x, confidence, guide)``             ``probabilistic_pac.ProbPacConv2d``
-:class:`NormalizedPacConv2d`  ``layer(x, guide)``                    ``probabilistic_pac.NormalizedPacConv2d``
-:class:`Conv2d`          ``layer(x)``                                ``torch.nn.Conv2d``
-=======================  ==========================================  =============================
+* :class:`PacConv2d` (``pac.PacConv2d``): ``layer(x, guide)`` or ``layer(x, kernel=K)``;
+* :class:`PacConvTranspose2d` (``pac.PacConvTranspose2d``): same, guide on the output grid;
+* :class:`PacPool2d` (``pac.PacPool2d``): same;
+* :class:`ProbPacConv2d` (``probabilistic_pac.ProbPacConv2d``): ``layer(x, confidence, guide)``;
+* :class:`NormalizedPacConv2d` (``probabilistic_pac.NormalizedPacConv2d``): ``layer(x, guide)``;
+* :class:`Conv2d` (``torch.nn.Conv2d``): ``layer(x)``.
 
 Constructors take the original's arguments (``rngs`` optional, default ``nnx.Rngs(0)``), and
 attribute names are the original's state-dict names (``weight``, ``bias``, ``inv_alpha``,
@@ -47,8 +43,13 @@ class Buffer(nnx.Variable):
     """A non-trainable tensor of the original's state dict (a PyTorch buffer)."""
 
 
-def _rngs(rngs: Optional[nnx.Rngs]) -> nnx.Rngs:
-    return nnx.Rngs(DEFAULT_SEED) if rngs is None else rngs
+def _numpy_rng(rngs: Optional[nnx.Rngs]) -> np.random.Generator:
+    """A NumPy generator seeded from one ``params`` key of ``rngs`` (default ``nnx.Rngs(0)``).
+
+    Initial values are drawn with NumPy: no per-shape XLA compilation at construction.
+    """
+    rngs = nnx.Rngs(DEFAULT_SEED) if rngs is None else rngs
+    return np.random.default_rng(np.asarray(jax.random.key_data(rngs.params())).ravel())
 
 
 def _pair(value: IntOrPair, name: str) -> Tuple[int, int]:
@@ -110,10 +111,9 @@ class _PacBase(nnx.Module):
                 raise ValueError("channel-wise learnable inv kernels need out_channels > 0 "
                                  "(the number of guidance channels)")
             kind = Buffer if fixed else nnx.Param
-            self.inv_alpha = kind(jnp.full(shape, parsed["inv_alpha"], param_dtype),
-                                  torch_layout="same")
-            self.inv_lambda = kind(jnp.full(shape, parsed["inv_lambda"], param_dtype),
-                                   torch_layout="same")
+            for name in ("inv_alpha", "inv_lambda"):
+                value = jnp.asarray(np.full(shape, parsed[name]), param_dtype)
+                setattr(self, name, kind(value, torch_layout="same"))
         smooth, learnable = _smooth_kernel_init(smooth_kernel_type)
         if smooth is not None:
             kind = nnx.Param if learnable else Buffer
@@ -153,20 +153,15 @@ class _PacBase(nnx.Module):
             return self._apply(x, kernel), output_mask
         return self._pac(x, guide)
 
-    def _pac(self, x, guide):
-        # Kernel and product in one place: the switch point to a fused op.
-        kernel, _ = self.compute_kernel(guide)
-        return self._apply(x, kernel)
 
-
-def _filled_weight(filler, rngs, in_channels, out_channels, kernel_size, stride, shared_filters,
+def _filled_weight(filler, rng, in_channels, out_channels, kernel_size, stride, shared_filters,
                    normalize_kernel, transposed, param_dtype):
     """``(weight HWIO, is_buffer)`` for a filler name."""
     kh, kw = kernel_size
     shape = (kh, kw, 1, 1) if shared_filters else (kh, kw, in_channels, out_channels)
     if filler == "uniform":
-        w = fillers.uniform_weight(rngs.params(), shape, in_channels * kh * kw, param_dtype)
-        return w, False
+        w = fillers.uniform_weight(rng, shape, in_channels * kh * kw)
+        return jnp.asarray(w, param_dtype), False
     if filler == "linear":
         if not transposed:
             raise ValueError('filler="linear" is only available for transposed layers')
@@ -177,10 +172,8 @@ def _filled_weight(filler, rngs, in_channels, out_channels, kernel_size, stride,
     elif filler == "crf":
         w = fillers.crf_weight(in_channels, out_channels, kernel_size, shared_filters)
     elif filler == "crf_perturbed":
-        key = rngs.params()
-        seed = np.asarray(jax.random.key_data(key)).ravel()
-        w = fillers.crf_perturbed_weight(np.random.default_rng(seed), in_channels, out_channels,
-                                         kernel_size, shared_filters)
+        w = fillers.crf_perturbed_weight(rng, in_channels, out_channels, kernel_size,
+                                         shared_filters)
     elif filler == "pool":
         w = fillers.pool_weight(in_channels, out_channels, kernel_size, shared_filters)
     elif filler == "crf_pool":
@@ -206,8 +199,8 @@ class _PacConvBase(_PacBase):
                          param_dtype)
         self.shared_filters = bool(shared_filters)
         self.filler = filler
-        rngs = _rngs(rngs)
-        weight, is_buffer = _filled_weight(filler, rngs, self.in_channels, self.out_channels,
+        rng = _numpy_rng(rngs)
+        weight, is_buffer = _filled_weight(filler, rng, self.in_channels, self.out_channels,
                                            self.kernel_size, self.stride, self.shared_filters,
                                            self.normalize_kernel, transposed, param_dtype)
         layout = "IOHW" if transposed else "OIHW"
@@ -215,8 +208,8 @@ class _PacConvBase(_PacBase):
         if bias:
             if filler == "uniform":
                 kh, kw = self.kernel_size
-                b = fillers.uniform_weight(rngs.params(), (self.out_channels,),
-                                           self.in_channels * kh * kw, param_dtype)
+                b = jnp.asarray(fillers.uniform_weight(rng, (self.out_channels,),
+                                                       self.in_channels * kh * kw), param_dtype)
             else:
                 b = jnp.zeros((self.out_channels,), param_dtype)
             self.bias = nnx.Param(b, torch_layout="same")
@@ -270,6 +263,11 @@ class PacConv2d(_PacConvBase):
     def __call__(self, x, guide=None, *, kernel=None, mask=None):
         return self._dispatch(x, guide, kernel, mask)
 
+    def _pac(self, x, guide):
+        # Kernel and product in one place: the switch point to a fused op.
+        kernel, _ = self.compute_kernel(guide)
+        return self._apply(x, kernel)
+
     def _apply(self, x, kernel):
         return ops.pac_conv2d(x, kernel, self.weight[...], self._bias(), stride=self.stride,
                               padding=self.padding, dilation=self.dilation,
@@ -300,6 +298,11 @@ class PacConvTranspose2d(_PacConvBase):
 
     def __call__(self, x, guide=None, *, kernel=None, mask=None):
         return self._dispatch(x, guide, kernel, mask)
+
+    def _pac(self, x, guide):
+        # Kernel and product in one place: the switch point to a fused op.
+        kernel, _ = self.compute_kernel(guide)
+        return self._apply(x, kernel)
 
     def _apply(self, x, kernel):
         return ops.pac_conv_transpose2d(
@@ -340,6 +343,11 @@ class PacPool2d(_PacBase):
     def __call__(self, x, guide=None, *, kernel=None, mask=None):
         return self._dispatch(x, guide, kernel, mask)
 
+    def _pac(self, x, guide):
+        # Kernel and product in one place: the switch point to a fused op.
+        kernel, _ = self.compute_kernel(guide)
+        return self._apply(x, kernel)
+
     def _apply(self, x, kernel):
         return ops.pac_pool2d(x, kernel, kernel_size=self.kernel_size, stride=self.stride,
                               padding=self.padding, dilation=self.dilation, impl=self.impl)
@@ -358,16 +366,17 @@ class _NormalizedBase(_PacBase):
         super().__init__(kernel_size, 1, padding, 1, 0, False, kernel_type, "none", False,
                          False, 0, param_dtype)
         self.shared_filters = bool(shared_filters)
-        rngs = _rngs(rngs)
+        rng = _numpy_rng(rngs)
         kh, kw = self.kernel_size
         shape = (kh, kw, 1, 1) if shared_filters else (kh, kw, in_channels, out_channels)
         fan_in = in_channels * kh * kw
-        w = jnp.abs(fillers.uniform_weight(rngs.params(), shape, fan_in, param_dtype))
-        self.weight = nnx.Param(w, torch_layout="OIHW")
-        self.weight_normalization = nnx.Param(jnp.log(w), torch_layout="OIHW")
+        w = np.abs(fillers.uniform_weight(rng, shape, fan_in, np.float64))
+        self.weight = nnx.Param(jnp.asarray(w, param_dtype), torch_layout="OIHW")
+        self.weight_normalization = nnx.Param(jnp.asarray(np.log(w), param_dtype),
+                                              torch_layout="OIHW")
         if bias:
-            b = fillers.uniform_weight(rngs.params(), (out_channels,), fan_in, param_dtype)
-            self.bias = nnx.Param(b, torch_layout="same")
+            b = fillers.uniform_weight(rng, (out_channels,), fan_in)
+            self.bias = nnx.Param(jnp.asarray(b, param_dtype), torch_layout="same")
         else:
             self.bias = None
 
@@ -442,6 +451,11 @@ class NormalizedPacConv2d(_NormalizedBase):
     def __call__(self, x, guide=None, *, kernel=None):
         return self._dispatch(x, guide, kernel, None)
 
+    def _pac(self, x, guide):
+        # Kernel and product in one place: the switch point to a fused op.
+        kernel, _ = self.compute_kernel(guide)
+        return self._apply(x, kernel)
+
     def _apply(self, x, kernel):
         return ops.normalized_pac_conv2d(x, kernel, self.weight[...],
                                          self.weight_normalization[...], self._bias(),
@@ -464,14 +478,14 @@ class Conv2d(nnx.Module):
         self.stride = _pair(stride, "stride")
         self.padding = _pair(padding, "padding")
         self.dilation = _pair(dilation, "dilation")
-        rngs = _rngs(rngs)
+        rng = _numpy_rng(rngs)
         kh, kw = self.kernel_size
         fan_in = self.in_channels * kh * kw
-        self.weight = nnx.Param(
-            fillers.uniform_weight(rngs.params(), (kh, kw, self.in_channels, self.out_channels),
-                                   fan_in, param_dtype), torch_layout="OIHW")
-        self.bias = (nnx.Param(fillers.uniform_weight(rngs.params(), (self.out_channels,), fan_in,
-                                                      param_dtype), torch_layout="same")
+        w = fillers.uniform_weight(rng, (kh, kw, self.in_channels, self.out_channels), fan_in)
+        self.weight = nnx.Param(jnp.asarray(w, param_dtype), torch_layout="OIHW")
+        self.bias = (nnx.Param(jnp.asarray(fillers.uniform_weight(rng, (self.out_channels,),
+                                                                  fan_in), param_dtype),
+                               torch_layout="same")
                      if bias else None)
 
     def __call__(self, x):
