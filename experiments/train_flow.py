@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -137,16 +138,12 @@ def make_model_factory(cfg):
     def make():
         from flax import nnx
 
-        from ppac_jax.nn.refine import PPacNet
+        from ppac_jax.nn import PPacNet
 
-        net = PPacNet(cfg.kernel_size_preprocessing, cfg.kernel_size_joint,
-                      cfg.conv_specification, True, cfg.depth_layers_prob,
-                      cfg.depth_layers_guidance, cfg.depth_layers_joint,
-                      rngs=nnx.Rngs(cfg.model_seed))
-        for layer in net.layers_joint:
-            if hasattr(layer, "impl"):
-                layer.impl = cfg.pac_impl
-        return net
+        return PPacNet(cfg.kernel_size_preprocessing, cfg.kernel_size_joint,
+                       cfg.conv_specification, True, cfg.depth_layers_prob,
+                       cfg.depth_layers_guidance, cfg.depth_layers_joint,
+                       rngs=nnx.Rngs(cfg.model_seed), impl=cfg.pac_impl)
     return make
 
 
@@ -173,7 +170,7 @@ def train_config(cfg, progress=True):
                        optim=optim, progress=progress)
 
 
-def load_pretrained(trainer, path, log=print):
+def load_pretrained(trainer, path, log=print, pac_impl="auto"):
     """Put weights from ``path`` into ``trainer`` (ppac-jax checkpoint dir, or original .pth)."""
     import jax
     from flax import nnx
@@ -188,7 +185,7 @@ def load_pretrained(trainer, path, log=print):
         except ImportError:
             raise ValueError("--pretrained .pth needs ppac_jax.convert.load_ppacnet, which this "
                              "installation lacks") from None
-        model = load_ppacnet(path)
+        model = load_ppacnet(path, impl=pac_impl)
         _, params, _ = nnx.split(model, nnx.Param, ...)
         ours = trainer.state["params"]
         if jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(ours):
@@ -266,10 +263,11 @@ def run(args, log=print):
 
     if args.evaluate_only:
         trainer = Trainer(task, tcfg)
-        load_pretrained(trainer, args.pretrained or workdir, log)
+        load_pretrained(trainer, args.pretrained or workdir, log, cfg.pac_impl)
         metrics = task.evaluate(trainer.predict, trainer.step, workdir)
     else:
-        init = (lambda tr: load_pretrained(tr, args.pretrained, log)) if args.pretrained else None
+        init = (functools.partial(load_pretrained, path=args.pretrained, log=log,
+                                  pac_impl=cfg.pac_impl) if args.pretrained else None)
         metrics = train_and_evaluate(task, tcfg, workdir, resume=not args.fresh, log=log,
                                      init=init)
         if metrics.get("interrupted"):

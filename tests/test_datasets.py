@@ -91,7 +91,7 @@ def _tiny_hd3_dataset(root, n=4, h=8, w=12, levels=5):
 
 
 def test_tfds_builder_packs_local_files_and_grain_reads_them(tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    pytest.importorskip("tensorflow_datasets")
     pytest.importorskip("grain")
     from ppac_jax.data.tfds_builder import PpacFlow, PpacFlowConfig, grain_loader
 
@@ -125,7 +125,9 @@ def test_tfds_mock_data_through_grain():
     from ppac_jax.data.tfds_builder import grain_loader
 
     with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
-        from ppac_jax.data.tfds_builder import PpacFlow  # noqa: F401  (registers the builder)
+        from ppac_jax.data import tfds_builder
+
+        assert tfds_builder.PpacFlow.name == "ppac_flow"  # importing registers the builder
         source = tfds.data_source("ppac_flow/synthetic_small", split="train")
         assert len(source) == 6
         (batch,) = list(grain_loader(source, batch_size=6, seed=1, num_epochs=1))

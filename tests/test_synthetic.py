@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ppac_jax.data.baseline import EstimatorConfig, estimate_flow, estimate_flow_numpy
-from ppac_jax.data.synthetic import SceneConfig, make_scene, make_scenes
+from ppac_jax.data.synthetic import make_scene, make_scenes
 
 H, W = 32, 48
 

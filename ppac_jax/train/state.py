@@ -8,10 +8,8 @@ process; the batch is sharded along it and parameters/optimiser state are replic
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
