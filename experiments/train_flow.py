@@ -209,18 +209,20 @@ def load_pretrained(trainer, path, log=print, pac_impl="auto"):
                             "checkpoints/ or best/")
 
 
-def save_refined(task, trainer, workdir, log=print):
+def save_refined(task, trainer, workdir, log=print, write=True):
     from ppac_jax.data import io
 
     out = os.path.join(workdir, "refined")
-    os.makedirs(out, exist_ok=True)
+    if write:
+        os.makedirs(out, exist_ok=True)
     k = 0
     names = ([s["name"] for s in task.val_data] if isinstance(task.val_data, list) else None)
     for _, refined in task.refine_all(trainer.predict):
         for r in refined:
             name = names[k].replace(os.sep, "_") if names else f"val_{k:05d}"
-            io.write_npy(os.path.join(out, name + ".npy"), r)
-            io.write_flo(os.path.join(out, name + ".flo"), r)
+            if write:
+                io.write_npy(os.path.join(out, name + ".npy"), r)
+                io.write_flo(os.path.join(out, name + ".flo"), r)
             k += 1
     log(f"wrote {k} refined flows to {out}")
 
@@ -259,28 +261,36 @@ def run(args, log=print):
             json.dump(dataclasses.asdict(cfg), f, indent=1)
     task = build_task(cfg, workdir, log)
     n_val = len(task.val_data["flow"]) if isinstance(task.val_data, dict) else len(task.val_data)
+    baseline = {}
+    if isinstance(task.val_data, dict):
+        from ppac_jax.data.baseline import confidence_report
+
+        v = task.val_data
+        baseline = confidence_report(v["estimate"], v["confidence"], v["flow"], v["valid"])
+        log(f"input estimates on the {n_val} held-out images: AEE {baseline['aee']:.3f} (zero "
+            f"flow {baseline['aee_zero_flow']:.3f}); confidence vs error correlation: Pearson "
+            f"{baseline['pearson']:.2f}, Spearman {baseline['spearman']:.2f}")
     tcfg = train_config(cfg, progress=not args.no_progress)
 
+    trainer = Trainer(task, tcfg)  # one set of compiled functions for training and saving
     if args.evaluate_only:
-        trainer = Trainer(task, tcfg)
         load_pretrained(trainer, args.pretrained or workdir, log, cfg.pac_impl)
         metrics = task.evaluate(trainer.predict, trainer.step, workdir)
     else:
         init = (functools.partial(load_pretrained, path=args.pretrained, log=log,
                                   pac_impl=cfg.pac_impl) if args.pretrained else None)
         metrics = train_and_evaluate(task, tcfg, workdir, resume=not args.fresh, log=log,
-                                     init=init)
+                                     init=init, trainer=trainer)
         if metrics.get("interrupted"):
             return 0
-        trainer = None
         if args.save_refined:
-            trainer = Trainer(task, tcfg)
-            load_pretrained(trainer, workdir, log)
-    if args.save_refined and is_main:
-        save_refined(task, trainer, workdir, log)
+            load_pretrained(trainer, workdir, log, cfg.pac_impl)
+    if args.save_refined:  # every process predicts (sharded); the main one writes
+        save_refined(task, trainer, workdir, log, write=is_main)
     if is_main:
         summary = dict(metrics, elapsed_s=time.time() - t0, preset=args.preset,
-                       devices=jax.device_count())
+                       devices=jax.device_count(),
+                       **{f"input_{k}": v for k, v in baseline.items()})
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
     log(_summary(metrics, n_val, time.time() - t0))

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from ppac_jax.data.baseline import EstimatorConfig, estimate_flow, estimate_flow_numpy
+from ppac_jax.data.baseline import (EstimatorConfig, confidence_report, estimate_flow,
+                                    estimate_flow_numpy)
 from ppac_jax.data.synthetic import make_scene, make_scenes
 
 H, W = 32, 48
@@ -77,6 +78,9 @@ def test_estimator_errors_and_confidences_are_meaningful():
     assert err[s["occlusion"]].mean() > err[~s["occlusion"]].mean()
     corr = np.corrcoef(conf.mean(-1).ravel(), err.ravel())[0, 1]
     assert corr < -0.1
+    report = confidence_report(flow, conf, s["flow"])
+    assert report["pearson"] == pytest.approx(corr, abs=1e-6)
+    assert report["spearman"] < -0.1 and report["aee"] < report["aee_zero_flow"]
 
 
 def test_estimator_validates_inputs():

@@ -145,3 +145,35 @@ def test_ppac_division_gradient_is_finite_near_the_floor():
     assert bool(jnp.all(jnp.isfinite(g_num))) and bool(jnp.all(jnp.isfinite(g_den)))
     np.testing.assert_allclose(g_den[1], -0.25, rtol=1e-6)
     np.testing.assert_allclose(g_num[1], 0.5, rtol=1e-6)
+
+
+def test_sigterm_saves_cleanly_and_rerun_resumes(tmp_path):
+    import os
+    import signal
+
+    from ppac_jax.train import train_and_evaluate
+    from tests.train_helper import make_task
+
+    rng = np.random.default_rng(0)
+    n, h, w = 6, 16, 24
+    flow = rng.normal(size=(n, h, w, 2)).astype(np.float32)
+    data = {"image1": rng.uniform(size=(n, h, w, 3)).astype(np.float32), "flow": flow,
+            "valid": np.ones((n, h, w), bool),
+            "estimate": flow + rng.normal(size=flow.shape).astype(np.float32),
+            "confidence": rng.uniform(size=(n, h, w, 5)).astype(np.float32)}
+
+    def terminate_at_step_1(step):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    task, cfg = make_task(data, 4, hook=terminate_at_step_1)
+    messages = []
+    result = train_and_evaluate(task, cfg, str(tmp_path), log=messages.append)
+    assert result["interrupted"] and result["step"] == 2
+    assert "SIGTERM: saved step 2" in messages[-1]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    task, cfg = make_task(data, 4)
+    messages = []
+    result = train_and_evaluate(task, cfg, str(tmp_path), log=messages.append)
+    assert messages[0] == "resuming from step 2"
+    assert not result["interrupted"] and result["step"] == 4 and np.isfinite(result["aee"])

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["EstimatorConfig", "estimate_flow", "estimate_flow_numpy"]
+__all__ = ["EstimatorConfig", "confidence_report", "estimate_flow", "estimate_flow_numpy"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,10 +158,50 @@ def estimate_flow(image1, image2, *, config: EstimatorConfig | None = None):
 
 def estimate_flow_numpy(image1, image2, *, config: EstimatorConfig | None = None,
                         chunk: int = 16):
-    """:func:`estimate_flow` over a large numpy batch in chunks; returns numpy arrays."""
+    """:func:`estimate_flow` over a numpy batch of any size, in chunks of ``chunk`` images.
+
+    Every chunk is padded to ``chunk`` images, so one compilation serves every data set size.
+    Returns numpy arrays ([N, H, W, 2], [N, H, W, L]).
+    """
+    image1, image2 = np.asarray(image1, np.float32), np.asarray(image2, np.float32)
+    n = len(image1)
+    if n == 0:
+        raise ValueError("image1: empty batch")
     flows, confs = [], []
-    for i in range(0, len(image1), chunk):
-        f, c = estimate_flow(image1[i:i + chunk], image2[i:i + chunk], config=config)
-        flows.append(np.asarray(f))
-        confs.append(np.asarray(c))
+    for i in range(0, n, chunk):
+        a, b = image1[i:i + chunk], image2[i:i + chunk]
+        pad = chunk - len(a)
+        if pad:
+            a = np.concatenate([a, np.repeat(a[-1:], pad, 0)])
+            b = np.concatenate([b, np.repeat(b[-1:], pad, 0)])
+        f, c = estimate_flow(a, b, config=config)
+        flows.append(np.asarray(f)[:chunk - pad])
+        confs.append(np.asarray(c)[:chunk - pad])
     return np.concatenate(flows), np.concatenate(confs)
+
+
+def _ranks(x):
+    r = np.empty(x.size, np.float64)
+    r[np.argsort(x, kind="stable")] = np.arange(x.size)
+    return r
+
+
+def confidence_report(estimate, confidence, flow, valid=None) -> dict:
+    """How good an estimate is, and how well its confidences predict its errors.
+
+    Args:
+      estimate, flow: [N, H, W, 2]; confidence: [N, H, W, L]; valid: optional [N, H, W] bool.
+
+    Returns:
+      dict with ``aee`` (mean EPE over valid pixels), ``aee_zero_flow`` (the same for a zero
+      estimate), ``pearson`` and ``spearman``: correlations between the mean confidence over the
+      L levels and the per-pixel EPE (negative = confident where accurate).
+    """
+    err = np.linalg.norm(np.asarray(estimate) - np.asarray(flow), axis=-1)
+    conf = np.asarray(confidence).mean(-1)
+    valid = np.ones(err.shape, bool) if valid is None else np.asarray(valid, bool)
+    e, c = err[valid], conf[valid]
+    return {"aee": float(e.mean()),
+            "aee_zero_flow": float(np.linalg.norm(np.asarray(flow), axis=-1)[valid].mean()),
+            "pearson": float(np.corrcoef(c, e)[0, 1]),
+            "spearman": float(np.corrcoef(_ranks(c), _ranks(e))[0, 1])}
