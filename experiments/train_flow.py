@@ -8,9 +8,15 @@
         --set train_list=... --set val_list=... --set estimates_root=...
 
 Re-running the same command resumes from the latest checkpoint in ``--workdir``. All devices
-are used (batch sharded over a ``data`` mesh axis); for several hosts, start one process per
-host with ``--distributed`` (and ``--coordinator``/``--num_processes``/``--process_id`` where the
-cluster does not provide them).
+are used (batch sharded over a ``data`` mesh axis, parameters replicated); the global batch must
+be divisible by the device count. For several hosts, start one process per host with
+``--distributed`` (plus ``--coordinator``/``--num_processes``/``--process_id`` where the cluster
+does not provide them), e.g. on two machines sharing ``runs/``:
+
+    python -m experiments.train_flow --workdir runs/flow --distributed \
+        --coordinator host0:1234 --num_processes 2 --process_id 0     # on host0
+    python -m experiments.train_flow --workdir runs/flow --distributed \
+        --coordinator host0:1234 --num_processes 2 --process_id 1     # on host1
 """
 
 from __future__ import annotations

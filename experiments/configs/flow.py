@@ -2,7 +2,7 @@
 
 ``smoke``: seconds, for tests. ``default``: synthetic scenes, <= 10 minutes on 2 CPU cores.
 ``sintel`` / ``kitti``: HD3-layout data on disk (set ``data_root`` / ``estimates_root`` /
-``train_list`` / ``val_list``), the original's hyper-parameters.
+``train_list`` / ``val_list``), full-resolution evaluation; hyper-parameters are starting points.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ PRESETS = {
     "smoke": FlowConfig(height=32, width=48, num_train_scenes=16, num_val_scenes=4, steps=6,
                         batch_size=8, crop=(32, 32), milestones=(4,), eval_every=3,
                         checkpoint_every=2, log_every=1, num_pictures=2),
-    # the original trains 400k/?k iterations with batch 8/4 on HD3 estimates; on CPU, reduce steps
+    # starting points for HD3-layout data on disk (not tuned here: no HD3 training data is
+    # shipped); reduce steps for CPU runs
     "sintel": FlowConfig(dataset="lists", steps=100_000, batch_size=8, crop=(256, 448),
                          lr=1e-4, branch_lr=1e-4, milestones=(50_000, 75_000), eval_every=5000,
                          checkpoint_every=1000, log_every=100, eval_batch_size=1),
