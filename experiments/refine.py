@@ -87,31 +87,32 @@ def load_model(path: str):
         return load_ppacnet(path)
     except FileNotFoundError:
         raise InputError(f"checkpoint not found: {path}") from None
-    except (ValueError, KeyError, OSError, EOFError) as e:
-        raise InputError(f"cannot load checkpoint {path}: {e}") from None
+    except Exception as e:  # any failure to parse a user's file is reported as one line
+        raise InputError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from None
 
 
 def model_channels(net):
-    """`(estimate channels, confidence levels)` of a PPacNet, from its original-named weights."""
+    """`(estimate channels, confidence levels or None)` of a PPAC net, from its original-named weights."""
     from ppac_jax.convert import export_torch_weights
     weights = export_torch_weights(net)
-    try:
-        estimate_channels = int(weights["layers_joint.0.bias"].shape[0])
-        levels = int(weights["network_prob.0.weight"].shape[1])
-    except KeyError as e:
-        raise InputError(f"the checkpoint is not a PPacNet with a probability branch (no {e})") from None
-    return estimate_channels, levels
+    if "layers_joint.0.bias" not in weights:
+        raise InputError("the checkpoint is not a PPAC refinement network (no layers_joint.0.bias)")
+    estimate_channels = int(weights["layers_joint.0.bias"].shape[0])
+    # PacNetAdvancedNormalization has no probability branch and ignores confidences.
+    prob = weights.get("network_prob.0.weight")
+    return estimate_channels, (None if prob is None else int(prob.shape[1]))
+
+
+_jitted_apply = None
 
 
 def make_refiner(net):
     """A jitted `(estimates, log_probabilities, images) -> refined` for `[1, H, W, C]` inputs."""
-    from flax import nnx
-
-    @nnx.jit
-    def refine(model, estimates, log_probabilities, images):
-        return model(estimates, log_probabilities, images)
-
-    return lambda e, lp, im: np.asarray(refine(net, e, lp, im))
+    global _jitted_apply
+    if _jitted_apply is None:  # one jitted function: nets of one architecture share compilations
+        from flax import nnx
+        _jitted_apply = nnx.jit(lambda model, e, lp, im: model(e, lp, im))
+    return lambda e, lp, im: np.asarray(_jitted_apply(net, e, lp, im))
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -197,7 +198,10 @@ def refine_flow(sample: Sample, refiner, levels: int, args, warned: dict) -> dic
     if image.shape[:2] != estimate.shape[:2]:
         raise InputError(f"{sample.estimate}: estimate is {estimate.shape[:2]} but image "
                          f"{sample.image} is {image.shape[:2]}")
-    if sample.confidence and os.path.isfile(sample.confidence):
+    if levels is None:  # the network takes no confidences
+        prob = np.ones(image.shape[:2] + (1,), np.float32)
+        source = "unused"
+    elif sample.confidence and os.path.isfile(sample.confidence):
         prob = center_crop(io.read_hd3_confidence(sample.confidence), args.crop)
         if prob.shape != image.shape[:2] + (levels,):
             raise InputError(f"{sample.confidence}: expected confidences of shape "
@@ -307,8 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.refine",
         description="Refine flow or segmentation estimates with a pretrained PPacNet.",
-        epilog="Without a confidence file a uniform confidence is used (--uniform-confidence); "
-               "see the module docstring for file layouts.")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example (the shipped Sintel sample; look at the *_panel.png it writes):\n"
+               "  python -m experiments.refine \\\n"
+               "      --checkpoint ../shared/checkpoints/flow_refinement_sintel_clean.pth \\\n"
+               "      --list ../shared/sample_data/lists/MPISintel_sample.txt --out outputs/refine\n\n"
+               "Without a _prob.npy confidence file a uniform confidence is used\n"
+               "(--uniform-confidence, default 1.0: the PPAC layers then act as normalised PAC).\n"
+               "File layouts: see the docstring of experiments/refine.py.")
     parser.add_argument("--checkpoint", required=True,
                         help="shipped .pth (e.g. flow_refinement_sintel_clean.pth) or ppac-jax checkpoint")
     source = parser.add_argument_group("a list of samples")
@@ -354,6 +364,11 @@ def _check_args(parser, args) -> None:
         parser.error(f"--limit must be positive, got {args.limit}")
     if not os.path.isfile(args.checkpoint) and not os.path.isdir(args.checkpoint):
         parser.error(f"checkpoint not found: {args.checkpoint}")
+    # Cheap checks before the (slow) model load.
+    for flag in ("list", "image", "estimate", "confidence", "gt", "mask"):
+        path = getattr(args, flag)
+        if path is not None and not os.path.isfile(path):
+            parser.error(f"--{flag} file not found: {path}")
 
 
 def _summary(records: List[dict], task: str, confusion) -> dict:
@@ -390,8 +405,9 @@ def _run(args) -> dict:
     net = load_model(args.checkpoint)
     estimate_channels, levels = model_channels(net)
     task = "flow" if estimate_channels == 2 else "segmentation"
-    print(f"checkpoint {args.checkpoint}: {task} refinement "
-          f"({estimate_channels} estimate channels, {levels} confidence channels)")
+    print(f"checkpoint {args.checkpoint}: {type(net).__name__}, {task} refinement "
+          f"({estimate_channels} estimate channels, "
+          f"{'no' if levels is None else levels} confidence channels)")
 
     if args.list is not None:
         samples = samples_from_list(args.list, args.root, args.estimates, task)
@@ -420,7 +436,7 @@ def _run(args) -> dict:
     records, warned = [], {}
     start = time.perf_counter()
     with open(os.path.join(args.out, "metrics.jsonl"), "w") as log:
-        for sample in tqdm(samples, desc="refine", unit="sample", disable=len(samples) < 2):
+        for sample in tqdm(samples, desc="refine", unit="sample", disable=args.list is None):
             if task == "flow":
                 record = refine_flow(sample, refiner, levels, args, warned)
                 if "epe_before" in record:

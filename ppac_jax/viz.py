@@ -26,7 +26,7 @@ def color_wheel() -> np.ndarray:
     rows = []
     # For each segment: (channel held at 255, channel ramping, ramp direction up?).
     plan = ((0, 1, True), (1, 0, False), (1, 2, True), (2, 1, False), (2, 0, True), (0, 2, False))
-    for size, (full, ramp, up) in zip(_WHEEL_SEGMENTS, plan):
+    for size, (full, ramp, up) in zip(_WHEEL_SEGMENTS, plan, strict=True):
         segment = np.zeros((size, 3))
         segment[:, full] = 255
         steps = np.floor(255 * np.arange(size) / size)

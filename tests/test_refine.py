@@ -113,9 +113,13 @@ def test_bad_arguments_give_one_line(tmp_path, fake_flow_net, capsys):
     with pytest.raises(SystemExit) as exit_info:
         refine.main(["--checkpoint", str(tmp_path / "nope.pth"), "--image", "a", "--estimate", "b"])
     assert "checkpoint not found" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="estimate not found: .*missing.npy"):
+    with pytest.raises(SystemExit):
         refine.main(["--checkpoint", ckpt, "--image", str(tmp_path / "im.png"),
                      "--estimate", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "o")])
+    assert "--estimate file not found" in capsys.readouterr().err
+    (tmp_path / "l.txt").write_text("im.png im.png\n")  # estimate expected in <root>/inputs_flow
+    with pytest.raises(SystemExit, match="estimate not found: .*inputs_flow.*im.npy"):
+        refine.main(["--checkpoint", ckpt, "--list", str(tmp_path / "l.txt"), "--out", str(tmp_path / "o")])
     (tmp_path / "bad.npy").write_bytes(b"junk")
     with pytest.raises(SystemExit, match="bad.npy"):
         refine.main(["--checkpoint", ckpt, "--image", str(tmp_path / "im.png"),
@@ -154,9 +158,10 @@ def _real_or_skip():
         pytest.skip("ppac_jax.convert.load_ppacnet not available in this checkout")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpoint, list_name, crop", [
     ("flow_refinement_sintel_clean.pth", "MPISintel_sample.txt", (96, 160)),
-    ("flow_refinement_kitti.pth", "KITTI_sample.txt", (128, 256)),
+    ("flow_refinement_kitti.pth", "KITTI_sample.txt", (96, 160)),  # same shape: one compile
 ])
 def test_shipped_flow_samples_end_to_end(tmp_path, checkpoint, list_name, crop, capsys):
     _real_or_skip()
@@ -212,6 +217,16 @@ def test_network_inputs_match_the_reference():
                                golden["in_log_probabilities"][0].transpose(1, 2, 0), atol=2e-6)
 
 
+def test_unreadable_checkpoint_gives_one_line(tmp_path):
+    _real_or_skip()
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
+    _flow_files(tmp_path)
+    with pytest.raises(SystemExit, match="cannot load checkpoint .*junk.pth"):
+        refine.main(["--checkpoint", str(tmp_path / "junk.pth"), "--image", str(tmp_path / "im.png"),
+                     "--estimate", str(tmp_path / "est.npy")])
+
+
+@pytest.mark.slow
 def test_shipped_segmentation_sample_end_to_end(tmp_path, capsys):
     _real_or_skip()
     ckpt = shared_or_skip("checkpoints", "segmentation_refinement_pascal.pth")
@@ -227,3 +242,32 @@ def test_shipped_segmentation_sample_end_to_end(tmp_path, capsys):
     assert 0 < summary["miou_before"] <= 1 and 0 < summary["miou_after"] <= 1
     refined = io.read_label_png(tmp_path / "out" / "images" / "2007_003788.png")
     assert refined.shape == (96, 128) and refined.max() < 21
+
+
+def test_refine_reproduces_the_reference_output(tmp_path):
+    """Files in, files out: the golden PPacNet output of the Sintel crop with its confidences."""
+    _real_or_skip()
+    from PIL import Image
+    sample = shared_or_skip("sample_data")
+    golden = np.load(shared_or_skip("golden", "ppacnet_flow_refinement_sintel_clean_crop48x96_f32.npz"))
+    meta = json.loads(str(golden["meta"]))
+    (y0, x0), (h, w) = meta["crop_yx"], meta["crop_hw"]
+    crop = (slice(y0, y0 + h), slice(x0, x0 + w))
+    full = io.read_image(sample / meta["image_file"])
+    height, width = full.shape[:2]
+    Image.fromarray(full[crop]).save(tmp_path / "im.png")
+    np.save(tmp_path / "im.npy", io.read_hd3_estimate(sample / meta["flow_file"])[crop])
+    # The file's synthetic confidences (formula in meta["probabilities"]), on full-image coordinates.
+    y, x = np.mgrid[:height, :width].astype(np.float64)
+    level = np.arange(5)[:, None, None]
+    prob = 0.55 + 0.4 * np.sin(np.pi * (level + 1) * x / width + 0.3 * level) * np.cos(
+        np.pi * (level + 2) * y / height)
+    np.save(tmp_path / "im_prob.npy", np.moveaxis(prob, 0, -1)[crop].astype(np.float32))
+    refine.main(["--checkpoint", str(shared_or_skip("checkpoints", meta["checkpoint"])),
+                 "--image", str(tmp_path / "im.png"), "--estimate", str(tmp_path / "im.npy"),
+                 "--out", str(tmp_path / "out"), "--no-panel"])
+    expected = golden["out_output"][0].transpose(1, 2, 0)
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "im.npy"), expected,
+                               rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    np.testing.assert_allclose(io.read_flo(tmp_path / "out" / "im.flo"), expected,
+                               rtol=1e-5, atol=1e-5 * np.abs(expected).max())
