@@ -177,3 +177,17 @@ def test_sigterm_saves_cleanly_and_rerun_resumes(tmp_path):
     result = train_and_evaluate(task, cfg, str(tmp_path), log=messages.append)
     assert messages[0] == "resuming from step 2"
     assert not result["interrupted"] and result["step"] == 4 and np.isfinite(result["aee"])
+
+
+def test_metric_writer_jsonl_and_tensorboard(tmp_path):
+    import json
+    import os
+
+    from ppac_jax.train import MetricWriter
+
+    w = MetricWriter(str(tmp_path))
+    w.write(3, {"loss": jnp.float32(0.5), "grad_norm": float("nan")}, prefix="train/")
+    w.close()
+    (row,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert row["step"] == 3 and row["train/loss"] == 0.5 and row["train/grad_norm"] is None
+    assert any(f.startswith("events") for f in os.listdir(tmp_path / "tensorboard"))

@@ -36,17 +36,19 @@ class MetricWriter:
                 self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: dict, *, prefix: str = "") -> None:
-        """Write scalars ``{name: value}`` for ``step`` (names get ``prefix/``)."""
+        """Write scalars ``{name: value}`` for ``step`` (names get ``prefix``; NaN/Inf are
+        written as ``null`` to the JSONL file and left out of TensorBoard)."""
         if not self.active:
             return
         row = {"step": int(step), "time": time.time()}
         for k, v in metrics.items():
-            row[f"{prefix}{k}"] = float(np.asarray(v))
+            v = float(np.asarray(v))
+            row[f"{prefix}{k}"] = v if np.isfinite(v) else None  # strict JSON: NaN -> null
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
             for k, v in row.items():
-                if k not in ("step", "time"):
+                if k not in ("step", "time") and v is not None:
                     self._tb.add_scalar(k, v, int(step))
             self._tb.flush()
 
