@@ -20,7 +20,9 @@ class Checkpointer:
 
     States are arbitrary pytrees (NNX states, Optax states); they are stored as their flat list of
     leaves and restored into the structure (and shardings) of a freshly initialised state, so the
-    file format does not depend on pytree node classes.
+    file format does not depend on pytree node classes. Saves are synchronous: the states are
+    small, and two managers saving asynchronously in several processes at once could time out
+    waiting on each other's barriers.
     """
 
     def __init__(self, workdir: str, *, metric: str = "aee", mode: str = "min"):
@@ -28,11 +30,13 @@ class Checkpointer:
         self.metric = metric
         self.latest = ocp.CheckpointManager(
             os.path.join(self.workdir, "checkpoints"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                                 enable_async_checkpointing=False))
         self.best = ocp.CheckpointManager(
             os.path.join(self.workdir, "best"),
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, create=True, best_fn=lambda m: m[metric], best_mode=mode))
+                max_to_keep=1, create=True, best_fn=lambda m: m[metric], best_mode=mode,
+                enable_async_checkpointing=False))
 
     def latest_step(self):
         return self.latest.latest_step()
