@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from ppac_jax.ops import geometry as geo
@@ -79,8 +80,24 @@ def _summed_exp(weight_norm):
     return jnp.sum(jnp.exp(weight_norm), axis=2, keepdims=True)
 
 
+@jax.custom_jvp
+def _safe_divide(numerator, denominator):
+    return numerator / denominator
+
+
+@_safe_divide.defjvp
+def _safe_divide_jvp(primals, tangents):
+    # d(n/d) = (dn - (n/d) dd) / d. The default rule forms d**-2, which for a float32
+    # denominator near the 1e-20 floor underflows (CPU flushes denormals) and gives inf * 0 = NaN.
+    numerator, denominator = primals
+    d_num, d_den = tangents
+    out = numerator / denominator
+    return out, (d_num - out * d_den) / denominator
+
+
 def _divide(numerator, denominator, bias):
-    out = numerator / jnp.maximum(denominator, _MIN_DENOMINATOR).astype(numerator.dtype)
+    out = _safe_divide(numerator,
+                       jnp.maximum(denominator, _MIN_DENOMINATOR).astype(numerator.dtype))
     if bias is None:
         return out
     if getattr(bias, "shape", None) != (out.shape[-1],):
