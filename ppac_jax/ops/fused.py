@@ -48,13 +48,7 @@ def fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilati
         raise ValueError(f"guide must have x's batch and spatial size {x.shape[:3]}, "
                          f"got {guide.shape}")
     k = _check_weight(weight, x.shape[-1], shared_filters)
-    s = geo.check_positive(stride, "stride")
-    p = geo.check_non_negative(padding, "padding")
-    d = geo.check_positive(dilation, "dilation")
-    out_size = tuple(geo.conv_output_size(x.shape[1 + a], k[a], s[a], p[a], d[a]) for a in range(2))
-    if min(out_size) < 1:
-        raise ValueError(f"x spatial size {x.shape[1:3]} is too small for kernel_size={k}, "
-                         f"dilation={d}, padding={p}")
+    s, p, d, out_size = geo.conv_geometry(x.shape[1:3], k, stride, padding, dilation)
     pads = [(p[0], p[0]), (p[1], p[1])]
     sources = _Sources(
         x_pad=geo.pad_spatial(x, pads), guide=guide, guide_pad=p, pad=lambda a: geo.pad_spatial(a, pads),
@@ -89,19 +83,8 @@ def fused_pac_conv_transpose2d(x, guide, weight, bias=None, *, stride=1, padding
     geo.check_rank(x, 4, "x", "B, h, w, Cin")
     geo.check_rank(guide, 4, "guide", "B, Ho, Wo, D")
     k = _check_weight(weight, x.shape[-1], shared_filters)
-    s = geo.check_positive(stride, "stride")
-    p = geo.check_non_negative(padding, "padding")
-    d = geo.check_positive(dilation, "dilation")
-    op = geo.check_non_negative(output_padding, "output_padding")
-    for a in range(2):
-        if op[a] >= max(s[a], d[a]):
-            raise ValueError(f"output_padding must be smaller than stride or dilation, got "
-                             f"output_padding={op}, stride={s}, dilation={d}")
-    out_size = tuple(geo.transposed_output_size(x.shape[1 + a], k[a], s[a], p[a], op[a], d[a])
-                     for a in range(2))
-    if min(out_size) < 1:
-        raise ValueError(f"x spatial size {x.shape[1:3]} gives an empty output for "
-                         f"kernel_size={k}, stride={s}, padding={p}")
+    s, p, op, d, out_size = geo.transposed_geometry(x.shape[1:3], k, stride, padding,
+                                                    output_padding, dilation)
     if guide.shape[:3] != (x.shape[0], *out_size):
         raise ValueError(f"guide must be [B, Ho, Wo, D] on the output grid "
                          f"{(x.shape[0], *out_size)}, got {guide.shape}")
@@ -246,17 +229,11 @@ def _fused_depthwise(x, guide, weight, stride, padding, dilation, kernel_type, a
                      inv_lambda, smooth_kernel):
     """Fused PAC with one filter per channel: weight ``[kh, kw, 1, C]`` -> ``[B, Ho, Wo, C]``."""
     k = geo.check_kernel_size(weight.shape[:2], "weight kernel size (weight.shape[:2])")
-    s = geo.check_positive(stride, "stride")
-    p = geo.check_non_negative(padding, "padding")
-    d = geo.check_positive(dilation, "dilation")
     geo.check_rank(guide, 4, "guide", "B, H, W, D")
     if guide.shape[:3] != x.shape[:3]:
         raise ValueError(f"guide must have x's batch and spatial size {x.shape[:3]}, "
                          f"got {guide.shape}")
-    out_size = tuple(geo.conv_output_size(x.shape[1 + a], k[a], s[a], p[a], d[a]) for a in range(2))
-    if min(out_size) < 1:
-        raise ValueError(f"x spatial size {x.shape[1:3]} is too small for kernel_size={k}, "
-                         f"dilation={d}, padding={p}")
+    s, p, d, out_size = geo.conv_geometry(x.shape[1:3], k, stride, padding, dilation)
     kernel_type, asym, params = _kernel_options(kernel_type, asym, inv_alpha, inv_lambda,
                                                 guide.shape[-1])
     kdtype = compute_dtype(guide, smooth_kernel, *params)

@@ -76,6 +76,45 @@ def transposed_input_size(size: int, k: int, stride: int, padding: int,
     return (size - output_padding - 1 - (k - 1) * dilation + 2 * padding) // stride + 1
 
 
+def conv_geometry(spatial: Sequence[int], k: Pair, stride: IntOrPair, padding: IntOrPair,
+                  dilation: IntOrPair):
+    """Validated ``(stride, padding, dilation, out_size)`` of a (PAC) convolution of ``x``.
+
+    ``spatial`` is x's ``(H, W)``; raises ``ValueError`` for bad values or an empty output.
+    """
+    s = check_positive(stride, "stride")
+    p = check_non_negative(padding, "padding")
+    d = check_positive(dilation, "dilation")
+    out = tuple(conv_output_size(spatial[a], k[a], s[a], p[a], d[a]) for a in range(2))
+    if min(out) < 1:
+        raise ValueError(f"x spatial size {tuple(spatial)} is too small for kernel_size={k}, "
+                         f"dilation={d}, padding={p}")
+    return s, p, d, out
+
+
+def transposed_geometry(spatial: Sequence[int], k: Pair, stride: IntOrPair, padding: IntOrPair,
+                        output_padding: IntOrPair, dilation: IntOrPair):
+    """Validated ``(stride, padding, output_padding, dilation, out_size)`` of a transposed conv.
+
+    ``spatial`` is the low-resolution input's ``(h, w)``; ``output_padding`` must be smaller
+    than ``stride`` or ``dilation`` (as in PyTorch).
+    """
+    s = check_positive(stride, "stride")
+    p = check_non_negative(padding, "padding")
+    d = check_positive(dilation, "dilation")
+    op = check_non_negative(output_padding, "output_padding")
+    for a in range(2):
+        if op[a] >= max(s[a], d[a]):
+            raise ValueError(f"output_padding must be smaller than stride or dilation, got "
+                             f"output_padding={op}, stride={s}, dilation={d}")
+    out = tuple(transposed_output_size(spatial[a], k[a], s[a], p[a], op[a], d[a])
+                for a in range(2))
+    if min(out) < 1:
+        raise ValueError(f"x spatial size {tuple(spatial)} gives an empty output for "
+                         f"kernel_size={k}, stride={s}, padding={p}")
+    return s, p, op, d, out
+
+
 def transposed_pads(k: int, padding: int, output_padding: int, dilation: int) -> Tuple[int, int]:
     """(low, high) padding applied to the zero-inserted input of a transposed convolution.
 

@@ -22,7 +22,7 @@ with two interchangeable implementations:
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -68,13 +68,7 @@ def pac_conv2d(x, kernel, weight, bias=None, *, stride=1, padding=0, dilation=1,
     """
     geo.check_rank(x, 4, "x", "B, H, W, Cin")
     k = _check_weight(weight, x.shape[-1], shared_filters)
-    s = geo.check_positive(stride, "stride")
-    p = geo.check_non_negative(padding, "padding")
-    d = geo.check_positive(dilation, "dilation")
-    out_size = tuple(geo.conv_output_size(x.shape[1 + a], k[a], s[a], p[a], d[a]) for a in range(2))
-    if min(out_size) < 1:
-        raise ValueError(f"x spatial size {x.shape[1:3]} is too small for kernel_size={k}, "
-                         f"dilation={d}, padding={p}")
+    s, p, d, out_size = geo.conv_geometry(x.shape[1:3], k, stride, padding, dilation)
     channel_wise = _check_kernel(kernel, x.shape[0], out_size, k, x.shape[-1])
     x_pad = geo.pad_spatial(x, [(p[0], p[0]), (p[1], p[1])])
     g = _Geometry(k, out_size, s, d, not shared_filters, channel_wise)
@@ -109,19 +103,8 @@ def pac_conv_transpose2d(x, kernel, weight, bias=None, *, stride=1, padding=0, o
     """
     geo.check_rank(x, 4, "x", "B, h, w, Cin")
     k = _check_weight(weight, x.shape[-1], shared_filters)
-    s = geo.check_positive(stride, "stride")
-    p = geo.check_non_negative(padding, "padding")
-    d = geo.check_positive(dilation, "dilation")
-    op = geo.check_non_negative(output_padding, "output_padding")
-    for a in range(2):
-        if op[a] >= max(s[a], d[a]):
-            raise ValueError(f"output_padding must be smaller than stride or dilation, got "
-                             f"output_padding={op}, stride={s}, dilation={d}")
-    out_size = tuple(geo.transposed_output_size(x.shape[1 + a], k[a], s[a], p[a], op[a], d[a])
-                     for a in range(2))
-    if min(out_size) < 1:
-        raise ValueError(f"x spatial size {x.shape[1:3]} gives an empty output for "
-                         f"kernel_size={k}, stride={s}, padding={p}")
+    s, p, op, d, out_size = geo.transposed_geometry(x.shape[1:3], k, stride, padding,
+                                                    output_padding, dilation)
     channel_wise = _check_kernel(kernel, x.shape[0], out_size, k, x.shape[-1])
     pads = [geo.transposed_pads(k[a], p[a], op[a], d[a]) for a in range(2)]
     x_dil = geo.zero_insert_and_pad(x, s, pads)
@@ -148,13 +131,7 @@ def pac_pool2d(x, kernel, *, kernel_size, stride=1, padding=0, dilation=1, impl=
     """
     geo.check_rank(x, 4, "x", "B, H, W, C")
     k = geo.check_kernel_size(kernel_size)
-    s = geo.check_positive(stride, "stride")
-    p = geo.check_non_negative(padding, "padding")
-    d = geo.check_positive(dilation, "dilation")
-    out_size = tuple(geo.conv_output_size(x.shape[1 + a], k[a], s[a], p[a], d[a]) for a in range(2))
-    if min(out_size) < 1:
-        raise ValueError(f"x spatial size {x.shape[1:3]} is too small for kernel_size={k}, "
-                         f"dilation={d}, padding={p}")
+    s, p, d, out_size = geo.conv_geometry(x.shape[1:3], k, stride, padding, dilation)
     channel_wise = _check_kernel(kernel, x.shape[0], out_size, k, x.shape[-1])
     x_pad = geo.pad_spatial(x, [(p[0], p[0]), (p[1], p[1])])
     g = _Geometry(k, out_size, s, d, False, channel_wise)
