@@ -77,12 +77,24 @@ class Sample:
 # ----------------------------------------------------------------------------- model
 
 
+# Where `python -m experiments.train_flow` exports its best weights inside a workdir.
+EXPORTED_WEIGHTS = os.path.join("export", "ppacnet.pth")
+
+
 def load_model(path: str):
-    """Load a PPacNet from a shipped `.pth` or a ppac-jax checkpoint (via `convert.load_ppacnet`)."""
-    try:
-        from ppac_jax.convert import load_ppacnet
-    except ImportError as e:  # pragma: no cover - only before the nn branch is merged
-        raise InputError(f"this ppac-jax has no PPacNet loader ({e})") from None
+    """Load a PPacNet from a shipped `.pth` or a ppac-jax training workdir.
+
+    A workdir holds the best weights exported by `experiments.train_flow` as
+    `export/ppacnet.pth` (the original's state-dict names and layouts).
+    """
+    from ppac_jax.convert import load_ppacnet
+
+    if os.path.isdir(path):
+        exported = os.path.join(path, EXPORTED_WEIGHTS)
+        if not os.path.isfile(exported):
+            raise InputError(f"{path} is a directory without {EXPORTED_WEIGHTS}: pass a .pth file "
+                             "or a workdir of a finished `python -m experiments.train_flow` run")
+        path = exported
     try:
         return load_ppacnet(path)
     except FileNotFoundError:

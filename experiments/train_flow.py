@@ -233,6 +233,21 @@ def save_refined(task, trainer, workdir, log=print, write=True):
     log(f"wrote {k} refined flows to {out}")
 
 
+def export_weights(trainer, workdir, log=print):
+    """Write the trainer's weights as WORKDIR/export/ppacnet.pth in the original's format.
+
+    `experiments.refine --checkpoint WORKDIR` and `convert.load_ppacnet` read it; PyTorch users
+    load it with `torch.load` + `load_state_dict` of the original PPacNet.
+    """
+    from ppac_jax import convert
+
+    path = os.path.join(workdir, "export", "ppacnet.pth")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    convert.save_torch_state_dict(convert.export_torch_weights(trainer.model()), path)
+    log(f"exported the best weights to {path} (original PPAC state-dict names and layouts)")
+    return path
+
+
 def _summary(metrics, n_val, elapsed):
     return (f"input AEE {metrics['aee_input']:.4f} -> refined AEE {metrics['aee']:.4f} "
             f"({100 * metrics['improvement']:.1f}% relative improvement; outliers "
@@ -289,8 +304,9 @@ def run(args, log=print):
                                      init=init, trainer=trainer)
         if metrics.get("interrupted"):
             return 0
-        if args.save_refined:
-            load_pretrained(trainer, workdir, log, cfg.pac_impl)
+        load_pretrained(trainer, workdir, log, cfg.pac_impl)  # the best checkpoint
+        if is_main:
+            export_weights(trainer, workdir, log)
     if args.save_refined:  # every process predicts (sharded); the main one writes
         save_refined(task, trainer, workdir, log, write=is_main)
     if is_main:

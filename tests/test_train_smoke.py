@@ -35,7 +35,29 @@ def test_smoke_run_writes_checkpoints_metrics_pictures_and_summary(tmp_path):
     assert pictures == ["step_000003", "step_000006"]
     assert len(os.listdir(work / "pictures" / "step_000006")) == 2
     assert len([f for f in os.listdir(work / "refined") if f.endswith(".flo")]) == 4
+    assert "exported the best weights" in r.stdout
+    _check_exported_weights_load_for_refine(work)
     # (resuming is tested in test_train.py and test_train_distributed.py)
+
+
+def _check_exported_weights_load_for_refine(work):
+    """WORKDIR/export/ppacnet.pth holds trained weights; refine loads them from the workdir."""
+    import numpy as np
+
+    from experiments import refine, train_flow
+    from ppac_jax import convert
+
+    net = refine.load_model(str(work))
+    exported = convert.export_torch_weights(net)
+    again = convert.read_state_dict(str(work / "export" / "ppacnet.pth"))
+    assert set(again) == set(exported) and "layers_joint.0.weight_normalization" in exported
+    for name, value in exported.items():
+        np.testing.assert_array_equal(np.asarray(again[name]), value)
+    # Same architecture and seed as the run, before training: the export is not the init.
+    args = train_flow.parse_args(["--workdir", str(work), "--smoke"])
+    initial = convert.export_torch_weights(train_flow.make_model_factory(train_flow._config(args))())
+    assert set(initial) == set(exported)
+    assert any(not np.allclose(initial[k], exported[k]) for k in exported)
 
 
 @pytest.mark.parametrize("argv, message", [
