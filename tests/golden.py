@@ -7,12 +7,15 @@ files call :func:`golden_files` / :func:`load`, which skip cleanly when ``../sha
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -114,3 +117,18 @@ def assert_close(actual, expected, *, rtol=1e-9, atol=1e-11, name=""):
     actual = np.asarray(actual)
     assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=name)
+
+
+@functools.lru_cache(maxsize=None)
+def module_vjp_runner(graphdef):
+    """Jitted ``run(params, rest, inputs, cot) -> (out, d_params, d_inputs)`` for an NNX module.
+
+    One compiled function per module structure, shared by every case that uses it.
+    """
+    @jax.jit
+    def run(params, rest, inputs, cot):
+        def f(params, inputs):
+            return nnx.merge(graphdef, params, rest)(*inputs)
+        out, vjp = jax.vjp(f, params, inputs)
+        return (out,) + vjp(cot)
+    return run

@@ -1,8 +1,6 @@
 """ppac_jax.nn layers against the reference module golden vectors, and layer behaviour."""
 
-import functools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -43,16 +41,6 @@ def _state_dict(g):
     return {k.split("_", 1)[1]: g[k] for k in g.arrays if k.startswith(("param_", "buf_"))}
 
 
-@functools.lru_cache(maxsize=None)
-def _runner(graphdef):
-    @jax.jit
-    def run(params, rest, inputs, cot):
-        def f(params, inputs):
-            return nnx.merge(graphdef, params, rest)(*inputs)
-        out, vjp = jax.vjp(f, params, inputs)
-        return (out,) + vjp(cot)
-    return run
-
 
 def _tolerances(dtype_tag, expected):
     if dtype_tag == "f64":
@@ -84,7 +72,7 @@ def test_module_golden(name):
     graphdef, params, rest = nnx.split(module, nnx.Param, ...)
     inputs = tuple(jnp.asarray(G.nchw(g[k])) for k in order)
     cot = jnp.asarray(G.nchw(g["cot_output"]))
-    out, gparams, ginputs = _runner(graphdef)(params, rest, inputs, cot)
+    out, gparams, ginputs = G.module_vjp_runner(graphdef)(params, rest, inputs, cot)
     rtol, atol = _tolerances(tag, g["out_output"])
     G.assert_close(G.to_nchw(np.asarray(out)), g["out_output"], rtol=rtol, atol=atol,
                    name=f"{name}: out")

@@ -1,8 +1,6 @@
 """PPacNet / PacNetAdvancedNormalization: released checkpoints against the golden files."""
 
-import functools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,16 +14,6 @@ INPUTS = ("in_estimates", "in_log_probabilities", "in_images")
 ANALYTIC_ZERO = "network_guidance.4.bias"    # gradient is rounding noise (golden README)
 
 
-@functools.lru_cache(maxsize=None)
-def _runner(graphdef):
-    @jax.jit
-    def run(params, rest, inputs, cot):
-        def f(params, inputs):
-            return nnx.merge(graphdef, params, rest)(*inputs)
-        out, vjp = jax.vjp(f, params, inputs)
-        return (out,) + vjp(cot)
-    return run
-
 
 def _run_case(name):
     g = G.Golden(name)
@@ -36,7 +24,7 @@ def _run_case(name):
     assert isinstance(net, pnn.PPacNet)
     graphdef, params, rest = nnx.split(net, nnx.Param, ...)
     inputs = tuple(jnp.asarray(G.nchw(g[k])) for k in INPUTS)
-    out, gparams, ginputs = _runner(graphdef)(params, rest, inputs,
+    out, gparams, ginputs = G.module_vjp_runner(graphdef)(params, rest, inputs,
                                               jnp.asarray(G.nchw(g["cot_output"])))
     return g, net, np.asarray(out), convert.export_torch_gradients(net, gparams), ginputs
 

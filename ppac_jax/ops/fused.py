@@ -18,7 +18,7 @@ from ppac_jax.ops import geometry as geo
 from ppac_jax.ops import tap_loop
 from ppac_jax.ops.kernel import KERNEL_TYPES, _check_inv_param, centre_features, compute_dtype
 from ppac_jax.ops.pac import _add_bias, _check_weight
-from ppac_jax.ops.prob import _check_weight_norm, _divide, _summed_exp
+from ppac_jax.ops.prob import _check_weight_norm, _divide, _summed_exp, check_confidence
 
 
 def fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilation=1,
@@ -116,10 +116,7 @@ def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, 
     Returns:
       ``[B, Ho, Wo, Cout]``.
     """
-    geo.check_rank(x, 4, "x", "B, H, W, Cin")
-    geo.check_rank(confidence, 4, "confidence", "B, H, W, 1")
-    if confidence.shape != (*x.shape[:3], 1):
-        raise ValueError(f"confidence must have shape {(*x.shape[:3], 1)}, got {confidence.shape}")
+    check_confidence(x, confidence)
     _check_weight(weight, x.shape[-1], shared_filters)
     _check_weight_norm(weight, weight_norm)
     channels = x.shape[-1]

@@ -30,10 +30,7 @@ def prob_pac_conv2d(x, confidence, kernel, weight, weight_norm, bias=None, *, st
     Returns:
       ``[B, Ho, Wo, Cout]``.
     """
-    geo.check_rank(x, 4, "x", "B, H, W, Cin")
-    geo.check_rank(confidence, 4, "confidence", "B, H, W, 1")
-    if confidence.shape != (*x.shape[:3], 1):
-        raise ValueError(f"confidence must have shape {(*x.shape[:3], 1)}, got {confidence.shape}")
+    check_confidence(x, confidence)
     _check_weight_norm(weight, weight_norm)
     options = dict(stride=stride, padding=padding, dilation=dilation, impl=impl)
     numerator = pac_conv2d(x * confidence, kernel, weight, shared_filters=shared_filters, **options)
@@ -67,6 +64,14 @@ def normalized_pac_conv2d(x, kernel, weight, weight_norm, bias=None, *, stride=1
     norm_weight = _summed_exp(weight_norm)[:, :, 0, :]      # [kh, kw, O]
     denominator = jnp.einsum("bhwij,ijo->bhwo", kernel, norm_weight.astype(kernel.dtype))
     return _divide(numerator, denominator, bias)
+
+
+def check_confidence(x, confidence):
+    """Validate ``x`` ``[B, H, W, C]`` and its confidence ``[B, H, W, 1]``."""
+    geo.check_rank(x, 4, "x", "B, H, W, Cin")
+    geo.check_rank(confidence, 4, "confidence", "B, H, W, 1")
+    if confidence.shape != (*x.shape[:3], 1):
+        raise ValueError(f"confidence must have shape {(*x.shape[:3], 1)}, got {confidence.shape}")
 
 
 def _check_weight_norm(weight, weight_norm):
