@@ -189,3 +189,27 @@ def extract_windows(x_pad, kernel_size: Pair, out_size: Pair, stride: Pair, dila
     # The patch axis is ordered (C, kh, kw).
     patches = patches.reshape(b, out_size[0], out_size[1], c, kernel_size[0], kernel_size[1])
     return jnp.moveaxis(patches, 3, -1)
+
+
+def phase_split(x, stride: Pair):
+    """Split ``[B, H, W, C]`` into its stride phases: ``[sh, sw, B, ceil(H/sh), ceil(W/sw), C]``.
+
+    Phase ``(p, q)`` holds ``x[:, p::sh, q::sw]`` (zero padded at the end to a common size), so
+    a strided tap becomes a contiguous window of one phase (:func:`tap_phase_start`).
+    """
+    sh, sw = stride
+    b, h, w, c = x.shape
+    hq, wq = -(-h // sh), -(-w // sw)
+    x = pad_spatial(x, [(0, hq * sh - h), (0, wq * sw - w)])
+    return x.reshape(b, hq, sh, wq, sw, c).transpose(2, 4, 0, 1, 3, 5)
+
+
+def tap_phase_start(tap, stride: Pair, dilation: Pair):
+    """``(phase_h, phase_w, row, col)``: where tap ``(i, j)`` starts in :func:`phase_split`.
+
+    Output ``(y, x)`` of tap ``(i, j)`` reads phase ``(i*dh mod sh, j*dw mod sw)`` at
+    ``(y + i*dh div sh, x + j*dw div sw)``, the same sample as :func:`tap_slice`. Works for
+    Python ints and traced integer scalars alike.
+    """
+    oi, oj = tap[0] * dilation[0], tap[1] * dilation[1]
+    return oi % stride[0], oj % stride[1], oi // stride[0], oj // stride[1]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import functools
+from typing import NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -115,17 +116,13 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
     out_dtype = jnp.result_type(guide)
     dtype = compute_dtype(guide, smooth_kernel, alpha, lam)
     guide = guide.astype(dtype)
-    guide_padded = geo.pad_spatial(guide, [(guide_pad[0],) * 2, (guide_pad[1],) * 2])
-
-    centre = centre_features(guide, guide_padded, k, out_size, guide_stride, d, guide_pad,
-                             smooth_kernel)
-
-    values = [tap_distance(geo.tap_slice(guide_padded, tap, out_size, guide_stride, d), centre,
-                           asym=asym, channel_wise=channel_wise)
-              for tap in geo.taps(k)]
-    dist = jnp.stack(values, axis=3)
-    dist = dist.reshape(batch, *out_size, k[0], k[1], *dist.shape[4:])
-    kern = kernel_from_distance(dist, kernel_type, alpha, lam)
+    pads = [(guide_pad[0],) * 2, (guide_pad[1],) * 2]
+    if channel_wise:
+        kern = _channel_wise_kernel(guide, pads, k, out_size, guide_stride, d, guide_pad,
+                                    smooth_kernel, kernel_type, asym, alpha, lam)
+    else:
+        kern = _planar_kernel(guide, pads, k, out_size, guide_stride, d, guide_pad,
+                              smooth_kernel, kernel_type, asym, alpha, lam)
 
     output_mask = None
     if mask is not None or normalize:
@@ -161,8 +158,14 @@ def tap_distance(features, centre, *, asym=False, channel_wise=False):
     """Squared feature distance of one window tap: ``sum_c (relu if asym)(f_j - f_i)_c ** 2``.
 
     features (the tap's guide samples) and centre: ``[B, Ho, Wo, D]`` -> ``[B, Ho, Wo]``
-    (``[B, Ho, Wo, D]`` when ``channel_wise``).
+    (``[B, Ho, Wo, D]`` when ``channel_wise``). Both may instead be equal-length sequences of
+    per-channel arrays (the planar layout), summed channel by channel (a list of squares when
+    ``channel_wise``).
     """
+    if isinstance(features, (list, tuple)):
+        squares = [tap_distance(f, c, asym=asym, channel_wise=True)
+                   for f, c in zip(features, centre)]
+        return squares if channel_wise else functools.reduce(jnp.add, squares)
     diff = features - centre
     if asym:
         diff = jax.nn.relu(diff)
@@ -267,3 +270,200 @@ def _input_taps(values, k, out_size, stride, padding, output_padding, dilation, 
             for tap in geo.taps(k)]
     cols = jnp.stack(cols, axis=3)
     return cols.reshape(values.shape[0], *out_size, k[0], k[1])
+
+
+def _channel_wise_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel,
+                         kernel_type, asym, alpha, lam):
+    """``[B, Ho, Wo, kh, kw, D]``: one kernel per guide channel, tap by tap (channels-last)."""
+    guide_padded = geo.pad_spatial(guide, pads)
+    centre = centre_features(guide, guide_padded, k, out_size, stride, d, guide_pad,
+                             smooth_kernel)
+    values = [tap_distance(geo.tap_slice(guide_padded, tap, out_size, stride, d), centre,
+                           asym=asym, channel_wise=True)
+              for tap in geo.taps(k)]
+    dist = jnp.stack(values, axis=3)
+    dist = dist.reshape(guide.shape[0], *out_size, k[0], k[1], guide.shape[3])
+    return kernel_from_distance(dist, kernel_type, alpha, lam)
+
+
+# --------------------------------------------------------------------------------------------
+# The summed-distance kernel, computed tap by tap on a planar guide.
+#
+# Channels-last features with few channels (D = 3..8) vectorise poorly on CPU, and slicing
+# kh * kw shifted copies of the guide costs kh * kw full-size pads in the backward pass. Here
+# the guide is planar ([D, B, H, W], split into stride phases) and a fori_loop walks over row
+# strips of the output and, inside a strip, over the taps (one tap a step: unrolled taps make
+# giant, slow fusions on XLA CPU), so that a strip's guide rows stay in cache. The result is
+# written tap-major, [T, B, Ho, Wo]; the custom VJP recomputes every tap and accumulates the
+# guide gradient in place. Measured on a 2-core CPU, 436x1024 guide with D = 5, 7x7: about
+# 5x faster forward and 3x faster forward+backward than slicing channels-last taps.
+
+# Output rows per strip: one tap's guide window (all channels) is about this big. 8 rows of a
+# 1024-wide, 5-channel float32 guide; much larger strips fall out of cache (2-3x slower).
+KERNEL_STRIP_BYTES = 160 << 10
+
+
+class _KernelPlan(NamedTuple):
+    """Static description of one planar kernel computation (hashable)."""
+    kernel_size: geo.Pair
+    out_size: geo.Pair
+    stride: geo.Pair
+    dilation: geo.Pair
+    kernel_type: str
+    asym: bool
+    rows: int
+
+
+def _planar_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel, kernel_type,
+                   asym, alpha, lam):
+    """``[B, Ho, Wo, kh, kw]`` kernel of summed feature distances (not channel-wise)."""
+    batch, height, width, depth = guide.shape
+    dtype = guide.dtype
+    # Channels become batch entries of a one-channel NHWC image: [D * B, H, W, 1].
+    planes = jnp.transpose(guide, (3, 0, 1, 2)).reshape(depth * batch, height, width, 1)
+    padded = geo.pad_spatial(planes, pads)
+    centre = centre_features(planes, padded, k, out_size, stride, d, guide_pad, smooth_kernel)
+    centre = centre.reshape(depth, batch, *out_size)
+    phases = geo.phase_split(padded, stride)
+    phases = phases.reshape(*phases.shape[:2], depth, batch, *phases.shape[3:5])
+    params = () if kernel_type == "gaussian" else (alpha.astype(dtype), lam.astype(dtype))
+    taps = k[0] * k[1]
+    rows = max(1, KERNEL_STRIP_BYTES // (depth * batch * out_size[1] * dtype.itemsize))
+    plan = _KernelPlan(k, out_size, stride, d, kernel_type, asym, min(rows, out_size[0]))
+    kern = _kernel_taps(phases, centre, params, plan)
+    # Outside the custom VJP, so that XLA cancels this against a tap-major consumer's transpose
+    # (ops.pac_conv2d's loop), forward and backward.
+    return jnp.transpose(kern, (1, 2, 3, 0)).reshape(batch, *out_size, k[0], k[1])
+
+
+def _tap_value(windows, centres, params, plan: _KernelPlan):
+    """Kernel value of one tap from per-channel samples and centres (``D`` arrays each)."""
+    dist = tap_distance(windows, centres, asym=plan.asym)
+    return kernel_from_distance(dist, plan.kernel_type, *params)
+
+
+def _tap_start(t, channel, plan: _KernelPlan):
+    """Start of channel ``channel`` of tap ``t`` (traced) in ``[sh, sw, D, B, rows, cols]``."""
+    t = jnp.asarray(t, jnp.int32)
+    zero = jnp.zeros((), jnp.int32)
+    ph, pw, row, col = geo.tap_phase_start((t // plan.kernel_size[1], t % plan.kernel_size[1]),
+                                           plan.stride, plan.dilation)
+    return (ph, pw, jnp.asarray(channel, jnp.int32), zero, row, col)
+
+
+def _tap_windows(phases, t, rows, plan: _KernelPlan):
+    """The samples of tap ``t``: one ``[B, rows, Wo]`` array per channel.
+
+    One slice per channel: XLA CPU runs the per-channel sum of the distance as plain
+    vectorised loops then, 2x faster than a reduction over a channel axis (measured).
+    """
+    size = (1, 1, 1, phases.shape[3], rows, plan.out_size[1])
+    return [lax.dynamic_slice(phases, _tap_start(t, c, plan), size)[0, 0, 0]
+            for c in range(phases.shape[2])]
+
+
+def _tap_windows_add(acc, updates, t, plan: _KernelPlan):
+    """Adjoint of :func:`_tap_windows`, accumulated in place."""
+    for c, update in enumerate(updates):
+        start = _tap_start(t, c, plan)
+        current = lax.dynamic_slice(acc, start, (1, 1, 1, *update.shape))
+        acc = lax.dynamic_update_slice(acc, current + update[None, None, None], start)
+    return acc
+
+
+def _at_axis(ndim, axis, start):
+    index = [jnp.zeros((), jnp.int32)] * ndim
+    index[axis] = jnp.asarray(start, jnp.int32)
+    return index
+
+
+def _slice_axis(a, axis, start, size):
+    shape = list(a.shape)
+    shape[axis] = size
+    return lax.dynamic_slice(a, _at_axis(a.ndim, axis, start), shape)
+
+
+def _add_axis(acc, update, axis, start):
+    index = _at_axis(acc.ndim, axis, start)
+    current = lax.dynamic_slice(acc, index, update.shape)
+    return lax.dynamic_update_slice(acc, current + update, index)
+
+
+def _strips(plan: _KernelPlan):
+    """``(number of strips, halo)``; the last strip is moved up to end at the last row."""
+    halo = ((plan.kernel_size[0] - 1) * plan.dilation[0]) // plan.stride[0]
+    return -(-plan.out_size[0] // plan.rows), halo
+
+
+def _strip_start(s, plan: _KernelPlan):
+    return jnp.minimum(s * plan.rows, plan.out_size[0] - plan.rows).astype(jnp.int32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _kernel_taps(phases, centre, params, plan: _KernelPlan):
+    """Tap-major kernel ``[T, B, Ho, Wo]`` from guide phases ``[sh, sw, D, B, Hq, Wq]`` and the
+    planar window centres ``[D, B, Ho, Wo]``."""
+    depth, batch, out_h, out_w = centre.shape
+    rows, taps = plan.rows, plan.kernel_size[0] * plan.kernel_size[1]
+    strips, halo = _strips(plan)
+
+    def strip(s, out):
+        start = _strip_start(s, plan)
+        src = _slice_axis(phases, 4, start, rows + halo)
+        c = _slice_axis(centre, 2, start, rows)
+        c = [c[i] for i in range(depth)]
+
+        def tap(t, out):
+            value = _tap_value(_tap_windows(src, t, rows, plan), c, params, plan)
+            index = _at_axis(4, 0, t)
+            index[2] = start
+            return lax.dynamic_update_slice(out, value[None], index)
+
+        return lax.fori_loop(0, taps, tap, out)
+
+    out = jnp.zeros((taps, batch, out_h, out_w), centre.dtype)
+    return lax.fori_loop(0, strips, strip, out)
+
+
+def _kernel_taps_fwd(phases, centre, params, plan):
+    return _kernel_taps(phases, centre, params, plan), (phases, centre, params)
+
+
+def _kernel_taps_bwd(plan, residuals, cotangent):
+    phases, centre, params = residuals
+    depth, batch, _, out_w = centre.shape
+    rows, taps = plan.rows, plan.kernel_size[0] * plan.kernel_size[1]
+    strips, halo = _strips(plan)
+    zeros = functools.partial(jax.tree_util.tree_map, jnp.zeros_like)
+
+    def strip(s, carry):
+        d_phases, d_centre, d_params = carry
+        start = _strip_start(s, plan)
+        src = _slice_axis(phases, 4, start, rows + halo)
+        c = _slice_axis(centre, 2, start, rows)
+        c = [c[i] for i in range(depth)]
+        # The moved-up last strip must not count rows an earlier strip already did.
+        fresh = (start + jnp.arange(rows) >= s * rows)[:, None]
+
+        def tap(t, acc):
+            d_src, d_c, d_p = acc
+            index = _at_axis(4, 0, t)
+            index[2] = start
+            ct = lax.dynamic_slice(cotangent, index, (1, batch, rows, out_w))[0]
+            ct = jnp.where(fresh, ct, jnp.zeros((), ct.dtype))
+            _, vjp = jax.vjp(lambda w, c, p: _tap_value(w, c, p, plan),
+                             _tap_windows(src, t, rows, plan), c, params)
+            g_w, g_c, g_p = vjp(ct)
+            return (_tap_windows_add(d_src, g_w, t, plan),
+                    [a + b for a, b in zip(d_c, g_c)],
+                    jax.tree_util.tree_map(jnp.add, d_p, g_p))
+
+        d_src, d_c, d_p = lax.fori_loop(0, taps, tap, zeros((src, c, params)))
+        return (_add_axis(d_phases, d_src, 4, start),
+                _add_axis(d_centre, jnp.stack(d_c), 2, start),
+                jax.tree_util.tree_map(jnp.add, d_params, d_p))
+
+    return lax.fori_loop(0, strips, strip, zeros((phases, centre, params)))
+
+
+_kernel_taps.defvjp(_kernel_taps_fwd, _kernel_taps_bwd)
