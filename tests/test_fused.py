@@ -222,14 +222,22 @@ def test_fused_golden(name):
     _check_case(g, fn, leaves, {}, {"output": (G.nchw, G.to_nchw)})
 
 
-@pytest.mark.parametrize("case", [(5, 1, 2, 1, False, True, True), (3, 2, 1, 2, True, False, True)])
+@pytest.mark.parametrize("case", [
+    (5, 1, 2, 1, False, True, True, 37),
+    (3, 2, 1, 2, True, False, True, 37),
+    # stride 1 pads inside the loop: halo (16 rows) wider than a strip (8 rows) ...
+    (5, 1, 8, 4, False, False, True, 37),
+    # ... and a strip with its halo (8 + 12 rows) taller than the image (17 rows)
+    (5, 1, 6, 3, True, True, False, 17),
+])
 def test_fused_row_strips_match_two_step(case, monkeypatch):
     """Large outputs are processed in strips of rows; force small strips on a small problem."""
     from ppac_jax.ops import tap_loop
     monkeypatch.setattr(tap_loop, "STRIP_BYTES", 1)      # the minimum: 8 output rows a strip
-    k, s, p, d, shared, normalize, with_mask = case
+    monkeypatch.setattr(tap_loop, "PLANAR_STRIP_BYTES", 1)
+    k, s, p, d, shared, normalize, with_mask, h = case
     r, rng = _random(7 + k)
-    b, h, w, c, o = 2, 37, 9, 3, 2
+    b, w, c, o = 2, 9, 3, 2
     x, guide = r(b, h, w, c), r(b, h, w, 2)
     weight = r(k, k, 1, 1) if shared else r(k, k, c, o)
     mask = jnp.asarray((rng.random((b, h, w, 1)) > 0.3).astype(np.float64)) if with_mask else None

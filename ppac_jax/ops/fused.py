@@ -52,7 +52,7 @@ def fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilati
     pads = [(p[0], p[0]), (p[1], p[1])]
     sources = _Sources(
         x_pad=geo.pad_spatial(x, pads), guide=guide, guide_pad=p, pad=lambda a: geo.pad_spatial(a, pads),
-        in_size=x.shape[1:3], stride=s)
+        in_size=x.shape[1:3], stride=s, unpadded=(x, pads) if s == (1, 1) else None)
     return _fused(sources, weight, bias, k, out_size, d, shared_filters,
                   _kernel_options(kernel_type, asym, inv_alpha, inv_lambda, guide.shape[-1]),
                   smooth_kernel, normalize, mask)
@@ -149,9 +149,12 @@ def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, 
 class _Sources:
     """Padded input, guide and the padding rule of one fused op (conv or transposed)."""
 
-    def __init__(self, x_pad, guide, guide_pad, pad, in_size, stride):
+    def __init__(self, x_pad, guide, guide_pad, pad, in_size, stride, unpadded=None):
         self.x_pad, self.guide, self.guide_pad = x_pad, guide, guide_pad
         self.pad, self.in_size, self.stride = pad, tuple(in_size), stride
+        # (x, pads) when x and the guide share one zero padding (stride-1 convolution): the
+        # tap loop then pads inside its custom VJP (tap_loop.Plan.pads, leaner backward).
+        self.unpadded = unpadded
 
 
 def _kernel_options(kernel_type, asym, inv_alpha, inv_lambda, depth):
@@ -207,9 +210,16 @@ def _fused(src: _Sources, weight, bias, k, out_size, d, shared_filters, kopts, s
                          kernel_type=kernel_type, asym=asym, with_sum=normalize,
                          centre_tap=-1 if centre is not None else (k[0] // 2) * k[1] + k[1] // 2)
     ph = lambda a: tap_loop.to_phases(a, src.stride)
-    u, n = tap_loop.window_sum(ph(x.astype(dtype)), ph(guide_padded),
-                               None if valid is None else ph(valid), centre, w.astype(dtype),
-                               tuple(jnp.asarray(q, dtype) for q in params), plan)
+    x_src, guide_src, valid_src = x, guide_padded, valid
+    if src.unpadded is not None:
+        # The loop pads x, the guide and the validity itself (identical zero padding).
+        x_src, pads = src.unpadded
+        guide_src = guide
+        valid_src = None if valid is None else valid_map
+        plan = plan._replace(pads=tuple(pads))
+    u, n = tap_loop.window_sum(ph(x_src.astype(dtype)), ph(guide_src),
+                               None if valid_src is None else ph(valid_src), centre,
+                               w.astype(dtype), tuple(jnp.asarray(q, dtype) for q in params), plan)
     y = u
     if normalize:
         y = y / (n + (n == 0).astype(dtype))

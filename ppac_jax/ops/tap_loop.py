@@ -64,6 +64,10 @@ class Plan(NamedTuple):
     rows: int = -1            # output rows per strip (0: no strips, -1: choose, see STRIP_BYTES)
     group: int = DEFAULT_GROUP
     planar: bool = False      # sources and results are tuples of per-channel planes (internal)
+    # ((top, bottom), (left, right)): the sources are given unpadded (stride 1 only) and zero
+    # padded inside the custom VJP, whose backward accumulates their gradients unpadded: no
+    # padded gradient buffers (and no padded copies held between forward and backward).
+    pads: tuple = ()
 
 
 def _map(fn, *trees):
@@ -143,8 +147,15 @@ def _strips(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
             return jnp.pad(a, widths)
         return _map(pad, tree)
 
-    x_ph, v_ph = pad_rows(x_ph, 3, need), pad_rows(v_ph, 3, need)
-    ksrc = pad_rows(ksrc, 3, need) if plan.fused else pad_rows(ksrc, 2, padded_h)
+    if plan.pads:
+        # Padded internally: extend the bottom padding instead of copying the sources.
+        (top, bottom), cols = plan.pads
+        height = jax.tree_util.tree_leaves(x_ph)[0].shape[3]
+        plan = plan._replace(pads=((top, max(bottom, need - height - top)), cols))
+        ksrc = ksrc if plan.fused else pad_rows(ksrc, 2, padded_h)
+    else:
+        x_ph, v_ph = pad_rows(x_ph, 3, need), pad_rows(v_ph, 3, need)
+        ksrc = pad_rows(ksrc, 3, need) if plan.fused else pad_rows(ksrc, 2, padded_h)
     centre = pad_rows(centre, 1, padded_h)
     u, n = _window_sum(x_ph, ksrc, v_ph, centre, weight, params,
                        plan._replace(out_size=(padded_h, out_w), rows=rows))
@@ -180,10 +191,40 @@ def _rows_add(acc, update, axis, start, *, add=True):
 def _strip(x_ph, ksrc, v_ph, centre, start, plan: Plan):
     """The sources of output rows ``start .. start + plan.rows - 1`` and the strip's plan."""
     span = plan.rows + _halo(plan)
-    inner = plan._replace(out_size=(plan.rows, plan.out_size[1]), rows=0)
-    ks = _rows(ksrc, 3, start, span) if plan.fused else _rows(ksrc, 2, start, plan.rows)
-    return (_rows(x_ph, 3, start, span), ks, _rows(v_ph, 3, start, span),
+    inner = plan._replace(out_size=(plan.rows, plan.out_size[1]), rows=0, pads=())
+    rows = functools.partial(_padded_rows, plan=plan) if plan.pads else _rows
+    ks = rows(ksrc, 3, start, span) if plan.fused else _rows(ksrc, 2, start, plan.rows)
+    return (rows(x_ph, 3, start, span), ks, rows(v_ph, 3, start, span),
             _rows(centre, 1, start, plan.rows)), inner
+
+
+def _row_pad(a, n):
+    return jnp.pad(a, [(0, 0)] * 3 + [(n, n)] + [(0, 0)] * (a.ndim - 4))
+
+
+def _padded_rows(tree, axis, start, size, *, plan: Plan):
+    """Rows ``start .. start + size - 1`` (traced start) of the sources zero padded by
+    ``plan.pads``, built from the unpadded sources ``[1, 1, B, H, W(, C)]`` without padding
+    them whole: ``[1, 1, B, size, W + left + right(, C)]``."""
+    assert axis == 3
+    (top, _), (left, right) = plan.pads
+
+    def rows(a):
+        height = a.shape[3]
+        off = start - top                      # image row of the strip's first row
+        if size > height:
+            strip = lax.dynamic_slice_in_dim(_row_pad(a, size), size + off, size, axis=3)
+        else:
+            # The in-image window of `size` rows that covers the strip, shifted into place
+            # (rows outside the image read the zeros shifted in).
+            first = jnp.clip(off, 0, height - size)
+            window = lax.dynamic_slice_in_dim(a, first, size, axis=3)
+            strip = lax.dynamic_slice_in_dim(_row_pad(window, size), size + off - first, size,
+                                             axis=3)
+        widths = [(0, 0)] * a.ndim
+        widths[4] = (left, right)
+        return jnp.pad(strip, widths)
+    return _map(rows, tree)
 
 
 def _tap_index(t, plan: Plan):
@@ -301,9 +342,10 @@ def _steps(plan: Plan):
     taps = plan.kernel_size[0] * plan.kernel_size[1]
     group = plan.group
     if group < 1:
-        # A whole window row per step: amortises the per-step overhead and feeds the dense
-        # product one matmul over kw * C channels (2x faster than one tap a step, measured).
-        group = plan.kernel_size[1]
+        # Several taps per step amortise the per-step overhead and feed the dense product one
+        # matmul over group * C channels (2x faster than one tap a step, measured); at most 3
+        # keeps the step's temporaries (and so the op's memory) independent of the kernel size.
+        group = min(plan.kernel_size[1], 3) if plan.dense else plan.kernel_size[1]
     group = min(group, taps)
     return group, taps // group, taps % group
 
@@ -311,7 +353,8 @@ def _steps(plan: Plan):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
 def _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
     if not plan.rows:
-        return _taps_forward(x_ph, ksrc, v_ph, centre, weight, params, plan)
+        x_ph, ksrc, v_ph = _padded_sources(x_ph, ksrc, v_ph, plan)
+        return _taps_forward(x_ph, ksrc, v_ph, centre, weight, params, plan._replace(pads=()))
 
     def body(strip, carry):
         start = strip * plan.rows
@@ -354,33 +397,80 @@ def _taps_forward(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
     return carry
 
 
+def _padded_sources(x_ph, ksrc, v_ph, plan: Plan):
+    """The sources zero padded by ``plan.pads`` (unchanged without)."""
+    if not plan.pads:
+        return x_ph, ksrc, v_ph
+    (top, bottom), (left, right) = plan.pads
+
+    def pad(a):
+        widths = [(0, 0)] * a.ndim
+        widths[3], widths[4] = (top, bottom), (left, right)
+        return jnp.pad(a, widths)
+    return _map(pad, x_ph), (_map(pad, ksrc) if plan.fused else ksrc), _map(pad, v_ph)
+
+
+def _unpadded_add(acc, local, row0, plan: Plan):
+    """``acc += local`` where ``local`` holds rows ``row0 ..`` (traced) of ``acc`` zero padded by
+    ``plan.pads``: the parts of ``local`` that fall into the padding are dropped.
+
+    ``acc``: unpadded phase source ``[1, 1, B, H, W(, C)]``; ``local``: ``[1, 1, B, R, Wp(, C)]``
+    with ``Wp = W + left + right``.
+    """
+    (top, _), (left, _) = plan.pads
+
+    def add(a, loc):
+        height, width, span = a.shape[3], a.shape[4], loc.shape[3]
+        loc = lax.slice_in_dim(loc, left, left + width, axis=4)
+        off = row0 - top                       # image row of the local buffer's first row
+        if span > height:                      # a strip taller than the image: shift it whole
+            return a + lax.dynamic_slice_in_dim(_row_pad(loc, height), height - off, height, 3)
+        # Update the span rows of acc from dst = clip(off, 0, H - span), which hold every
+        # in-image row of local; local is shifted by dst - off (zeros shifted in).
+        dst = jnp.clip(off, 0, height - span)
+        loc = lax.dynamic_slice_in_dim(_row_pad(loc, span), span + dst - off, span, axis=3)
+        current = lax.dynamic_slice_in_dim(a, dst, span, axis=3)
+        return lax.dynamic_update_slice_in_dim(a, current + loc, dst, axis=3)
+    return _map(add, acc, local)
+
+
 def _window_sum_fwd(x_ph, ksrc, v_ph, centre, weight, params, plan):
     out = _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan)
     return out, (x_ph, ksrc, v_ph, centre, weight, params)
 
 
 def _window_sum_bwd(plan, residuals, cotangents):
-    x_ph, ksrc, v_ph, centre, weight, params = residuals
-    dv = _map(jnp.zeros_like, v_ph)
+    x_in, ksrc_in, v_in, centre, weight, params = residuals
+    zeros = functools.partial(jax.tree_util.tree_map, jnp.zeros_like)
+    dv, dx0, dk0 = zeros(v_in), zeros(x_in), zeros(ksrc_in)    # unpadded with plan.pads
+    unpadded = bool(plan.pads)
     if not plan.rows:
+        x_ph, ksrc, v_ph = _padded_sources(x_in, ksrc_in, v_in, plan)
+        pads_plan, plan = plan, plan._replace(pads=())
         dx, dk, dc, dw, dp = _taps_backward(x_ph, ksrc, v_ph, centre, weight, params, plan,
                                             cotangents)
+        if unpadded:
+            dx = _unpadded_add(dx0, dx, 0, pads_plan)
+            dk = _unpadded_add(dk0, dk, 0, pads_plan) if plan.fused else dk
         return dx, dk, dv, dc, dw, dp
 
     def body(strip, carry):
         dx, dk, dc, dw, dp = carry
         start = strip * plan.rows
-        sources, inner = _strip(x_ph, ksrc, v_ph, centre, start, plan)
+        sources, inner = _strip(x_in, ksrc_in, v_in, centre, start, plan)
         cts = tuple(_rows(ct, 1, start, plan.rows) for ct in cotangents)
         gx, gk, gc, gw, gp = _taps_backward(*sources, weight, params, inner, cts)
-        dx = _rows_add(dx, gx, 3, start)
-        dk = _rows_add(dk, gk, 3 if plan.fused else 2, start)
+        if unpadded:
+            dx = _unpadded_add(dx, gx, start, plan)
+            dk = (_unpadded_add(dk, gk, start, plan) if plan.fused
+                  else _rows_add(dk, gk, 2, start))
+        else:
+            dx = _rows_add(dx, gx, 3, start)
+            dk = _rows_add(dk, gk, 3 if plan.fused else 2, start)
         dc = _rows_add(dc, gc, 1, start)
         return (dx, dk, dc, dw + gw, jax.tree_util.tree_map(jnp.add, dp, gp))
 
-    zeros = functools.partial(jax.tree_util.tree_map, jnp.zeros_like)
-    carry = (zeros(x_ph), zeros(ksrc), None if centre is None else zeros(centre), zeros(weight),
-             zeros(params))
+    carry = (dx0, dk0, None if centre is None else zeros(centre), zeros(weight), zeros(params))
     dx, dk, dc, dw, dp = lax.fori_loop(0, plan.out_size[0] // plan.rows, body, carry)
     return dx, dk, dv, dc, dw, dp
 
