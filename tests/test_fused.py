@@ -125,9 +125,15 @@ def test_fused_transpose_matches_two_step(case):
     _compare(two_step, fused, (x, guide, weight, alpha, lam), seed=2)
 
 
-@pytest.mark.parametrize("shared,k,s,p,kt", [(True, 5, 1, 2, "gaussian"), (False, 3, 1, 0, "gaussian"),
-                                             (False, 3, 2, 1, "inv"), (True, 3, 1, 1, "inv")])
-def test_fused_prob_matches_two_step(shared, k, s, p, kt):
+@pytest.mark.parametrize("shared,k,s,p,kt,planar", [
+    (True, 5, 1, 2, "gaussian", False), (False, 3, 1, 0, "gaussian", False),
+    (False, 3, 2, 1, "inv", False), (True, 3, 1, 1, "inv", False),
+    # per-channel sums on planes (large images take them; forced here)
+    (True, 5, 1, 2, "gaussian", True), (True, 3, 2, 1, "inv", True)])
+def test_fused_prob_matches_two_step(shared, k, s, p, kt, planar, monkeypatch):
+    from ppac_jax.ops import tap_loop
+    if planar:
+        monkeypatch.setattr(tap_loop, "PLANAR_MIN_PIXELS", 0)
     r, rng = _random(k * 10 + s + int(shared))
     b, h, w, c, o, depth = 2, 9, 8, 3, 4, 2
     x, guide = r(b, h, w, c), r(b, h, w, depth)
@@ -235,6 +241,7 @@ def test_fused_row_strips_match_two_step(case, monkeypatch):
     from ppac_jax.ops import tap_loop
     monkeypatch.setattr(tap_loop, "STRIP_BYTES", 1)      # the minimum: 8 output rows a strip
     monkeypatch.setattr(tap_loop, "PLANAR_STRIP_BYTES", 1)
+    monkeypatch.setattr(tap_loop, "PLANAR_MIN_PIXELS", 0)      # per-channel sums on planes
     k, s, p, d, shared, normalize, with_mask, h = case
     r, rng = _random(7 + k)
     b, w, c, o = 2, 9, 3, 2
@@ -258,3 +265,25 @@ def test_fused_row_strips_match_two_step(case, monkeypatch):
 
     _compare(two_step, fused, (x, guide, weight), seed=8)
     _compare(two_step, loop, (x, guide, weight), seed=8)
+
+
+@pytest.mark.parametrize("s,d", [(1, 1), (2, 2)])
+def test_planar_loop_matches_patches(s, d, monkeypatch):
+    """impl="loop" per-channel sums on planes: shared filters, channel-wise kernels, pooling."""
+    from ppac_jax.ops import tap_loop
+    monkeypatch.setattr(tap_loop, "PLANAR_MIN_PIXELS", 0)
+    r, _ = _random(40 + s)
+    b, h, w, c, k = 2, 11, 9, 3, 3
+    x, guide = r(b, h, w, c), r(b, h, w, c)
+    geom = dict(stride=s, padding=1, dilation=d)
+
+    def ops_with(impl):
+        def run(x, guide, weight):
+            kern, _ = ops.pac_kernel(guide, k, **geom)
+            kern_cw, _ = ops.pac_kernel(guide, k, channel_wise=True, **geom)
+            return (ops.pac_conv2d(x, kern, weight, shared_filters=True, impl=impl, **geom),
+                    ops.pac_conv2d(x, kern_cw, weight, shared_filters=True, impl=impl, **geom),
+                    ops.pac_pool2d(x, kern_cw, kernel_size=k, impl=impl, **geom))
+        return run
+
+    _compare(ops_with("patches"), ops_with("loop"), (x, guide, r(k, k, 1, 1)), seed=41)

@@ -120,6 +120,9 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
     if channel_wise:
         kern = _channel_wise_kernel(guide, pads, k, out_size, guide_stride, d, guide_pad,
                                     smooth_kernel, kernel_type, asym, alpha, lam)
+    elif batch * out_size[0] * out_size[1] < PLANAR_MIN_PIXELS:
+        kern = _sliced_kernel(guide, pads, k, out_size, guide_stride, d, guide_pad,
+                              smooth_kernel, kernel_type, asym, alpha, lam)
     else:
         kern = _planar_kernel(guide, pads, k, out_size, guide_stride, d, guide_pad,
                               smooth_kernel, kernel_type, asym, alpha, lam)
@@ -275,14 +278,27 @@ def _input_taps(values, k, out_size, stride, padding, output_padding, dilation, 
 def _channel_wise_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel,
                          kernel_type, asym, alpha, lam):
     """``[B, Ho, Wo, kh, kw, D]``: one kernel per guide channel, tap by tap (channels-last)."""
+    return _sliced_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel,
+                          kernel_type, asym, alpha, lam, channel_wise=True)
+
+
+# Below this many output pixels (B * Ho * Wo) the kernel is built from channels-last tap
+# slices and plain autodiff: compiles in about half the time of the planar loop below, which
+# only pays off on large images.
+PLANAR_MIN_PIXELS = 64 * 64
+
+
+def _sliced_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel, kernel_type,
+                   asym, alpha, lam, channel_wise=False):
+    """``[B, Ho, Wo, kh, kw(, D)]`` from ``kh * kw`` channels-last tap slices of the guide."""
     guide_padded = geo.pad_spatial(guide, pads)
     centre = centre_features(guide, guide_padded, k, out_size, stride, d, guide_pad,
                              smooth_kernel)
     values = [tap_distance(geo.tap_slice(guide_padded, tap, out_size, stride, d), centre,
-                           asym=asym, channel_wise=True)
+                           asym=asym, channel_wise=channel_wise)
               for tap in geo.taps(k)]
     dist = jnp.stack(values, axis=3)
-    dist = dist.reshape(guide.shape[0], *out_size, k[0], k[1], guide.shape[3])
+    dist = dist.reshape(guide.shape[0], *out_size, k[0], k[1], *dist.shape[4:])
     return kernel_from_distance(dist, kernel_type, alpha, lam)
 
 
@@ -327,7 +343,6 @@ def _planar_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel
     phases = geo.phase_split(padded, stride)
     phases = phases.reshape(*phases.shape[:2], depth, batch, *phases.shape[3:5])
     params = () if kernel_type == "gaussian" else (alpha.astype(dtype), lam.astype(dtype))
-    taps = k[0] * k[1]
     rows = max(1, KERNEL_STRIP_BYTES // (depth * batch * out_size[1] * dtype.itemsize))
     plan = _KernelPlan(k, out_size, stride, d, kernel_type, asym, min(rows, out_size[0]))
     kern = _kernel_taps(phases, centre, params, plan)

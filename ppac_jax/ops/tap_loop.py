@@ -47,6 +47,9 @@ DEFAULT_GROUP = 0      # 0: one window row (see _steps)
 STRIP_BYTES = 1 << 18
 # Planar strips are sized by the bytes of one strip of all source planes (measured).
 PLANAR_STRIP_BYTES = 1 << 20
+# Per-channel sums use planes from this many output pixels (B * Ho * Wo) on: below, the
+# channels-last program is as fast and compiles in about half the time.
+PLANAR_MIN_PIXELS = 64 * 64
 
 
 class Plan(NamedTuple):
@@ -82,23 +85,16 @@ def _planes(a):
     return tuple(a[..., i] for i in range(a.shape[-1]))
 
 
-def to_phases(a, stride: geo.Pair):
-    """Split ``[B, H, W, C]`` into its stride phases: ``[sh, sw, B, ceil(H/sh), ceil(W/sw), C]``.
-
-    Phase ``(p, q)`` holds ``a[:, p::sh, q::sw]`` (zero padded at the end to a common size).
-    """
-    sh, sw = stride
-    b, h, w, c = a.shape
-    hq, wq = -(-h // sh), -(-w // sw)
-    a = geo.pad_spatial(a, [(0, hq * sh - h), (0, wq * sw - w)])
-    return a.reshape(b, hq, sh, wq, sw, c).transpose(2, 4, 0, 1, 3, 5)
+# Stride phases come from the window geometry module (the one place that knows it).
+to_phases = geo.phase_split
 
 
 def window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
     """``(U, N)`` of the module docstring (``N`` is ``None`` unless ``plan.with_sum``).
 
     Args:
-      x_ph: ``[sh, sw, B, Hq, Wq, C]`` input phases (:func:`to_phases` of the padded input).
+      x_ph: ``[sh, sw, B, Hq, Wq, C]`` input phases (:func:`to_phases` of the padded input;
+        of the unpadded input, and likewise for the guide and validity, with ``plan.pads``).
       ksrc: fused: guide phases ``[sh, sw, B, Hq, Wq, D]``; otherwise the kernel tap-major,
         ``[T, B, Ho, Wo, 1 or C]``.
       v_ph: ``[sh, sw, B or 1, Hq, Wq, 1]`` validity phases, or ``None`` (all valid).
@@ -112,7 +108,8 @@ def window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
     Returns:
       ``U [B, Ho, Wo, O or C]`` and ``N [B, Ho, Wo, 1]`` or ``None``.
     """
-    if plan.dense:
+    batch = x_ph.shape[2]
+    if plan.dense or batch * plan.out_size[0] * plan.out_size[1] < PLANAR_MIN_PIXELS:
         return _strips(x_ph, ksrc, v_ph, centre, weight, params, plan._replace(planar=False))
     # Per-channel sums run on planes (see the module docstring); weights become [T, C or 1, 1].
     u, n = _strips(_planes(x_ph), _planes(ksrc), _planes(v_ph), _planes(centre),
@@ -148,10 +145,7 @@ def _strips(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
         return _map(pad, tree)
 
     if plan.pads:
-        # Padded internally: extend the bottom padding instead of copying the sources.
-        (top, bottom), cols = plan.pads
-        height = jax.tree_util.tree_leaves(x_ph)[0].shape[3]
-        plan = plan._replace(pads=((top, max(bottom, need - height - top)), cols))
+        # Padded strip by strip (_padded_rows): rows past the bottom read zeros anyway.
         ksrc = ksrc if plan.fused else pad_rows(ksrc, 2, padded_h)
     else:
         x_ph, v_ph = pad_rows(x_ph, 3, need), pad_rows(v_ph, 3, need)
@@ -231,11 +225,9 @@ def _tap_index(t, plan: Plan):
     """Start index of tap ``t`` (traced) in a phase-split source."""
     t = jnp.asarray(t, jnp.int32)
     kw = plan.kernel_size[1]
-    oi = (t // kw) * plan.dilation[0]
-    oj = (t % kw) * plan.dilation[1]
-    sh, sw = plan.stride
+    ph, pw, row, col = geo.tap_phase_start((t // kw, t % kw), plan.stride, plan.dilation)
     zero = jnp.zeros((), jnp.int32)
-    index = (oi % sh, oj % sw, zero, oi // sh, oj // sw, zero)
+    index = (ph, pw, zero, row, col, zero)
     return index[:5] if plan.planar else index     # planes have no channel axis
 
 
