@@ -71,8 +71,10 @@ def pac_conv2d(x, kernel, weight, bias=None, *, stride=1, padding=0, dilation=1,
     s, p, d, out_size = geo.conv_geometry(x.shape[1:3], k, stride, padding, dilation)
     channel_wise = _check_kernel(kernel, x.shape[0], out_size, k, x.shape[-1])
     x_pad = geo.pad_spatial(x, [(p[0], p[0]), (p[1], p[1])])
-    g = _Geometry(k, out_size, s, d, not shared_filters, channel_wise)
-    w = weight if not shared_filters else weight[:, :, 0, 0]
+    # One input and one output channel: the per-channel product is the same sum, cheaper.
+    dense = not shared_filters and weight.shape[2:] != (1, 1)
+    g = _Geometry(k, out_size, s, d, dense, channel_wise)
+    w = weight if dense else weight[:, :, 0, 0]
     y = windowed_product(x_pad, kernel, w, g, impl)
     return _add_bias(y, bias)
 

@@ -342,6 +342,27 @@ def _steps(plan: Plan):
     return group, taps // group, taps % group
 
 
+def _over_taps(step, plan: Plan, carry):
+    """``carry = step(t0, size, carry)`` for every group of taps (:func:`_steps`).
+
+    Returns ``(carry, zero)``: ``zero`` is an int32 0 that XLA cannot constant-fold (it comes
+    out of the loop). Tap indices of the remainder group, and any other index that would be a
+    compile-time constant, are offset by it: XLA CPU emits a dynamic-update-slice at constant
+    indices as a scalar loop over the whole target with a bounds test per element, 10-15x
+    slower than the vectorised in-place update a traced index gets (measured).
+    """
+    group, full, rest = _steps(plan)
+
+    def body(s, state):
+        carry, _ = state
+        return step(s * group, group, carry), jnp.minimum(s, 0).astype(jnp.int32)
+
+    carry, zero = lax.fori_loop(0, full, body, (carry, jnp.zeros((), jnp.int32)))
+    if rest:
+        carry = step(full * group + zero, rest, carry)
+    return carry, zero
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
 def _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
     if not plan.rows:
@@ -373,7 +394,6 @@ def _zero_outputs(x_ph, weight, plan: Plan):
 
 
 def _taps_forward(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
-    group, full, rest = _steps(plan)
     u0, n0 = _zero_outputs(x_ph, weight, plan)
 
     def step(t0, size, carry):
@@ -383,10 +403,7 @@ def _taps_forward(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
         u, n = carry
         return _map(jnp.add, u, du), (None if dn is None else _map(jnp.add, n, dn))
 
-    carry = lax.fori_loop(0, full, lambda s, c: step(s * group, group, c), (u0, n0))
-    if rest:
-        carry = step(jnp.asarray(full * group, jnp.int32), rest, carry)
-    return carry
+    return _over_taps(step, plan, (u0, n0))[0]
 
 
 def _padded_sources(x_ph, ksrc, v_ph, plan: Plan):
@@ -469,7 +486,6 @@ def _window_sum_bwd(plan, residuals, cotangents):
 
 def _taps_backward(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, cotangents):
     """Gradients ``(dx, dk, dc, dw, dp)`` of one loop over the taps."""
-    group, full, rest = _steps(plan)
 
     def step(t0, size, carry):
         dx, dk, dc, dw, dp = carry
@@ -477,26 +493,30 @@ def _taps_backward(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, cotange
         terms = lambda xs, ks, c, ws, p: _group_terms(xs, ks, vs, c, ws, p, plan)
         _, vjp = jax.vjp(terms, xs, ks, _centre(ksrc, centre, plan), ws, params)
         gx, gk, gc, gw, gp = vjp(cotangents)
-        if plan.centre_tap >= 0:
-            dk = _window_add(dk, gc, plan.centre_tap, plan)
         for g in range(size):
             dx = _window_add(dx, gx[g], t0 + g, plan)
             if plan.fused:
                 dk = _window_add(dk, gk[g], t0 + g, plan)
-        if not plan.fused:
-            dk = _leading_add(dk, _map(lambda *taps: jnp.stack(taps), *gk), t0)
+            else:
+                # Tap by tap: a stacked update becomes a concatenate inside the update's
+                # fusion, which XLA CPU does not vectorise (7x slower, measured).
+                dk = _leading_add(dk, _map(lambda a: a[None], gk[g]), t0 + g)
         dc = None if dc is None else _map(jnp.add, dc, gc)
         dw = _leading_add(dw, gw, t0)
         dp = jax.tree_util.tree_map(jnp.add, dp, gp)
         return dx, dk, dc, dw, dp
 
     zeros = functools.partial(jax.tree_util.tree_map, jnp.zeros_like)
-    carry = (zeros(x_ph), zeros(ksrc), None if centre is None else zeros(centre), zeros(weight),
+    # With plan.centre_tap, dc is the gradient of the centre read from the guide: summed over
+    # the taps in the output frame and added to the guide's gradient once, at the end.
+    dc0 = _window(ksrc, plan.centre_tap, plan) if plan.centre_tap >= 0 else centre
+    carry = (zeros(x_ph), zeros(ksrc), None if dc0 is None else zeros(dc0), zeros(weight),
              zeros(params))
-    carry = lax.fori_loop(0, full, lambda s, c: step(s * group, group, c), carry)
-    if rest:
-        carry = step(jnp.asarray(full * group, jnp.int32), rest, carry)
-    return carry
+    (dx, dk, dc, dw, dp), zero = _over_taps(step, plan, carry)
+    if plan.centre_tap >= 0:
+        dk = _window_add(dk, dc, plan.centre_tap + zero, plan)
+        dc = None
+    return dx, dk, dc, dw, dp
 
 
 _window_sum.defvjp(_window_sum_fwd, _window_sum_bwd)
