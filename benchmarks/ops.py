@@ -5,8 +5,11 @@
 For every case and implementation: median wall time of the forward pass and of forward +
 backward (gradients for input, guidance and weight, via ``jax.vjp`` with a fixed cotangent)
 after one warm-up call, XLA's compiled memory analysis (temporary bytes, forward and
-forward+backward) and the peak RSS of the fresh subprocess that measured it. Each measurement
-runs in its own subprocess, so one running out of memory does not stop the rest.
+forward+backward) and the peak RSS of a fresh subprocess that compiled and ran it once. Each
+measurement runs in its own subprocess, so one running out of memory does not stop the rest.
+The times of one case's implementations are then taken in one more subprocess, round-robin
+(``--repeats`` rounds), so that the ratios to the floor compare calls made under the same
+machine conditions; ``--separate`` times each implementation in its own process instead.
 
 Implementations: ``floor`` (plain ``lax.conv_general_dilated``; depthwise for shared filters,
 ``lax.conv_transpose`` for the transposed case), ``fused`` (``ops.fused_*``), and the two-step
@@ -148,12 +151,12 @@ def _build(spec, impl):
     return fn, (x, g, wt), pick
 
 
-def _measure(spec, impl, repeats):
+def _fwd_bwd(fn, args, impl):
+    """Forward and gradients (input, guidance unless ``floor``, weight) with a fixed cotangent."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    fn, args, pick = _build(spec, impl)
     argnums = (0, 2) if impl == "floor" else (0, 1, 2)
     y_shape = jax.eval_shape(fn, *args)
     cot = jnp.asarray(np.random.default_rng(1).standard_normal(y_shape.shape).astype(np.float32))
@@ -166,9 +169,17 @@ def _measure(spec, impl, repeats):
             return fn(*full)
         y, vjp = jax.vjp(f, *[a[i] for i in argnums])
         return y, vjp(cot)
+    return fwd_bwd
 
+
+def _measure(spec, impl, repeats):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    fn, args, pick = _build(spec, impl)
     result = {}
-    for label, f in (("fwd", jax.jit(fn)), ("fwd_bwd", jax.jit(fwd_bwd))):
+    for label, f in (("fwd", jax.jit(fn)), ("fwd_bwd", jax.jit(_fwd_bwd(fn, args, impl)))):
         t0 = time.perf_counter()
         compiled = f.lower(*args).compile()
         result[f"compile_{label}_s"] = time.perf_counter() - t0
@@ -199,8 +210,44 @@ def _measure(spec, impl, repeats):
 # driver
 
 
+def _time_interleaved(spec, impls, rounds):
+    """Median fwd and fwd+bwd seconds of several implementations of one case, timed in
+    round-robin in one process: every ratio then compares calls made under the same machine
+    conditions (this VM's speed drifts by 2x over minutes, which skews ratios of measurements
+    taken one after the other)."""
+    import jax
+    import numpy as np
+
+    compiled = {}
+    for impl in impls:
+        fn, args, _ = _build(spec, impl)
+        fwd_bwd = _fwd_bwd(fn, args, impl)
+        for label, f in (("fwd", fn), ("fwd_bwd", fwd_bwd)):
+            c = jax.jit(f).lower(*args).compile()
+            jax.block_until_ready(c(*args))          # warm-up
+            compiled[impl, label] = (c, args)
+    times = {key: [] for key in compiled}
+    keys = list(compiled)
+    for r in range(rounds):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            c, args = compiled[key]
+            t0 = time.perf_counter()
+            jax.block_until_ready(c(*args))
+            times[key].append(time.perf_counter() - t0)
+    return {impl: {f"{label}_s": float(np.median(times[impl, label]))
+                   for label in ("fwd", "fwd_bwd")} for impl in impls}
+
+
+def _run_timing(spec, impls, rounds, timeout):
+    return _run_subprocess(["--_timing", json.dumps([spec, impls, rounds])], timeout)
+
+
 def _run_one(spec, impl, repeats, timeout):
-    cmd = [sys.executable, "-m", "benchmarks.ops", "--_one", json.dumps([spec, impl, repeats])]
+    return _run_subprocess(["--_one", json.dumps([spec, impl, repeats])], timeout)
+
+
+def _run_subprocess(arguments, timeout):
+    cmd = [sys.executable, "-m", "benchmarks.ops", *arguments]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -309,7 +356,11 @@ def main(argv=None):
     parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
     parser.add_argument("--render", default=None, metavar="JSON",
                         help="print the tables of a previous run's JSON and exit")
+    parser.add_argument("--separate", action="store_true",
+                        help="time each implementation in its own process, one after the other "
+                             "(default: interleaved in one process per case)")
     parser.add_argument("--_one", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_timing", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.render is not None:
@@ -325,20 +376,39 @@ def main(argv=None):
         print("RESULT " + json.dumps(_measure(spec, impl, repeats)), flush=True)
         return
 
-    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    if args._timing is not None:
+        spec, impls, rounds = json.loads(args._timing)
+        print("RESULT " + json.dumps(_time_interleaved(spec, impls, rounds)), flush=True)
+        return
+
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
+    interleaved = not args.separate and repeats > 0
     wanted = None if args.impls is None else set(args.impls.split(","))
     rows = []
     for name, spec in _cases(args.quick):
         if args.only and not any(part in name for part in args.only.split(",")):
             continue
-        floor = None
-        for impl in IMPLS[spec["op"]]:
-            if wanted and impl not in wanted and impl != "floor":
-                continue
+        impls = [impl for impl in IMPLS[spec["op"]]
+                 if not wanted or impl in wanted or impl == "floor"]
+        results = {}
+        for impl in impls:
             if _estimate_bytes(spec, impl) > MEMORY_CAP:
-                result = {"skipped": "skipped (window tensors over the memory cap)"}
+                results[impl] = {"skipped": "skipped (window tensors over the memory cap)"}
             else:
-                result = _run_one(spec, impl, repeats, args.timeout)
+                # Memory analysis and peak RSS in a fresh process (one timed call with
+                # interleaved timing, which replaces its times below).
+                results[impl] = _run_one(spec, impl, 1 if interleaved else repeats, args.timeout)
+        if interleaved:
+            timed = [impl for impl in impls if "fwd_s" in results[impl]]
+            times = _run_timing(spec, timed, repeats, args.timeout) if timed else {}
+            for impl in timed:
+                if "error" in times:
+                    results[impl]["timing"] = "separate (interleaved run failed: %s)" % times["error"]
+                else:
+                    results[impl].update(times[impl], timing="interleaved")
+        floor = None
+        for impl in impls:
+            result = results[impl]
             if impl == "floor" and "error" not in result:
                 floor = result
             if floor is not None and result.get("fwd_bwd_s") is not None:
