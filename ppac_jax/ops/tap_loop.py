@@ -131,9 +131,9 @@ def _strips(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
             rows = max(8, STRIP_BYTES // row_bytes)
     if rows == 0 or rows * 2 > out_h:
         return _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan._replace(rows=0))
-    strips = -(-out_h // rows)
-    padded_h = strips * rows
-    need = padded_h + _halo(plan)
+    # Every strip has `rows` rows; the last one is moved up to end at the last output row
+    # (see _strip_start), so no source, kernel or output is padded to a whole number of strips.
+    need = out_h + _halo(plan)
 
     def pad_rows(tree, axis, size):
         def pad(a):
@@ -144,17 +144,29 @@ def _strips(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
             return jnp.pad(a, widths)
         return _map(pad, tree)
 
-    if plan.pads:
-        # Padded strip by strip (_padded_rows): rows past the bottom read zeros anyway.
-        ksrc = ksrc if plan.fused else pad_rows(ksrc, 2, padded_h)
-    else:
+    if not plan.pads:
+        # Only stride phases can be shorter than the rows the strips read.
         x_ph, v_ph = pad_rows(x_ph, 3, need), pad_rows(v_ph, 3, need)
-        ksrc = pad_rows(ksrc, 3, need) if plan.fused else pad_rows(ksrc, 2, padded_h)
-    centre = pad_rows(centre, 1, padded_h)
-    u, n = _window_sum(x_ph, ksrc, v_ph, centre, weight, params,
-                       plan._replace(out_size=(padded_h, out_w), rows=rows))
-    crop = lambda a: a[:, :out_h]
-    return _map(crop, u), _map(crop, n)
+        ksrc = pad_rows(ksrc, 3, need) if plan.fused else ksrc
+    return _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan._replace(rows=rows))
+
+
+def _strip_count(plan: Plan):
+    return -(-plan.out_size[0] // plan.rows)
+
+
+def _strip_start(strip, plan: Plan):
+    """First output row of strip ``strip`` (traced): the last strip ends at the last row."""
+    return jnp.minimum(strip * plan.rows, plan.out_size[0] - plan.rows).astype(jnp.int32)
+
+
+def _fresh_rows(cotangent, strip, start, plan: Plan):
+    """The cotangent rows of a strip with the rows an earlier strip already covered (the
+    moved-up last strip's overlap) zeroed: ``[B, rows, ...]``."""
+    def fresh(a):
+        keep = start + jnp.arange(plan.rows) >= strip * plan.rows
+        return jnp.where(keep.reshape(1, -1, *([1] * (a.ndim - 2))), a, jnp.zeros((), a.dtype))
+    return _map(fresh, cotangent)
 
 
 def _halo(plan: Plan):
@@ -370,15 +382,15 @@ def _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
         return _taps_forward(x_ph, ksrc, v_ph, centre, weight, params, plan._replace(pads=()))
 
     def body(strip, carry):
-        start = strip * plan.rows
+        start = _strip_start(strip, plan)
         sources, inner = _strip(x_ph, ksrc, v_ph, centre, start, plan)
         du, dn = _taps_forward(*sources, weight, params, inner)
         u, n = carry
+        # Written, not added: the moved-up last strip rewrites its overlap with equal values.
         return (_rows_add(u, du, 1, start, add=False),
                 None if n is None else _rows_add(n, dn, 1, start, add=False))
 
-    return lax.fori_loop(0, plan.out_size[0] // plan.rows, body,
-                         _zero_outputs(x_ph, weight, plan))
+    return lax.fori_loop(0, _strip_count(plan), body, _zero_outputs(x_ph, weight, plan))
 
 
 def _zero_outputs(x_ph, weight, plan: Plan):
@@ -465,9 +477,10 @@ def _window_sum_bwd(plan, residuals, cotangents):
 
     def body(strip, carry):
         dx, dk, dc, dw, dp = carry
-        start = strip * plan.rows
+        start = _strip_start(strip, plan)
         sources, inner = _strip(x_in, ksrc_in, v_in, centre, start, plan)
-        cts = tuple(_rows(ct, 1, start, plan.rows) for ct in cotangents)
+        cts = tuple(_fresh_rows(_rows(ct, 1, start, plan.rows), strip, start, plan)
+                    for ct in cotangents)
         gx, gk, gc, gw, gp = _taps_backward(*sources, weight, params, inner, cts)
         if unpadded:
             dx = _unpadded_add(dx, gx, start, plan)
@@ -480,7 +493,7 @@ def _window_sum_bwd(plan, residuals, cotangents):
         return (dx, dk, dc, dw + gw, jax.tree_util.tree_map(jnp.add, dp, gp))
 
     carry = (dx0, dk0, None if centre is None else zeros(centre), zeros(weight), zeros(params))
-    dx, dk, dc, dw, dp = lax.fori_loop(0, plan.out_size[0] // plan.rows, body, carry)
+    dx, dk, dc, dw, dp = lax.fori_loop(0, _strip_count(plan), body, carry)
     return dx, dk, dv, dc, dw, dp
 
 
