@@ -143,10 +143,24 @@ def _op_case(g, impl):
     return fn, leaves, {"output": (G.nchw, G.to_nchw)}
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("name", G.params_or_skip("pacconv2d_*_f64.npz")
-                         + G.params_or_skip("pacconv_transpose2d_*_f64.npz")
-                         + G.params_or_skip("pacpool2d_*_f64.npz"))
+def _op_golden_params():
+    """Every op golden file with ``patches``; ``shifted`` (unrolled over the taps, slow to
+    compile, and never picked by ``auto``) on the 3x3 files of every op and option, which
+    covers its code paths; tests/test_impls.py checks it against ``patches`` on k up to 5."""
+    names = (G.params_or_skip("pacconv2d_*_f64.npz")
+             + G.params_or_skip("pacconv_transpose2d_*_f64.npz")
+             + G.params_or_skip("pacpool2d_*_f64.npz"))
+    params = []
+    for impl in IMPLS:
+        for name in names:
+            if not isinstance(name, str):          # golden files missing: a skipped parameter
+                params.append(pytest.param(None, impl, marks=name.marks))
+            elif impl == "patches" or "_k3_" in name:
+                params.append(pytest.param(name, impl, id=f"{name}-{impl}"))
+    return params
+
+
+@pytest.mark.parametrize("name,impl", _op_golden_params())
 def test_pac_ops_golden(name, impl):
     g = G.Golden(name)
     fn, leaves, outputs = _op_case(g, impl)
