@@ -223,8 +223,8 @@ def _loop_product(x_pad, kernel, weight, g: _Geometry):
     taps = g.kernel_size[0] * g.kernel_size[1]
     kern = kernel.reshape(*kernel.shape[:3], taps, *kernel.shape[5:])
     kern = jnp.moveaxis(kern, 3, 0)                        # [T, B, Ho, Wo(, C)]
-    if not g.channel_wise:
-        kern = kern[..., None]
+    if not g.channel_wise and not g.dense:
+        kern = kern[..., None]           # per-channel sums take [T, B, Ho, Wo, 1 or C]
     w = weight.reshape(taps, *weight.shape[2:]) if g.dense else weight.reshape(taps, 1)
     plan = tap_loop.Plan(g.kernel_size, g.out_size, g.dilation, g.stride, dense=g.dense,
                          fused=False)

@@ -96,7 +96,7 @@ def window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
       x_ph: ``[sh, sw, B, Hq, Wq, C]`` input phases (:func:`to_phases` of the padded input;
         of the unpadded input, and likewise for the guide and validity, with ``plan.pads``).
       ksrc: fused: guide phases ``[sh, sw, B, Hq, Wq, D]``; otherwise the kernel tap-major,
-        ``[T, B, Ho, Wo, 1 or C]``.
+        ``[T, B, Ho, Wo]`` (dense) or ``[T, B, Ho, Wo, 1 or C]``.
       v_ph: ``[sh, sw, B or 1, Hq, Wq, 1]`` validity phases, or ``None`` (all valid).
         Not differentiated.
       centre: ``[B, Ho, Wo, D]`` window-centre features (fused), else ``None``; with
@@ -268,12 +268,14 @@ def _leading(src, t, size):
     return _map(leading, src)
 
 
-def _leading_add(acc, update, t):
-    def add(a, u):
+def _leading_add(acc, update, t, *, add=True):
+    """``acc[t:t + n] += update`` (``=`` with ``add=False``) along the leading (tap) axis."""
+    def leading_add(a, u):
         start = (jnp.asarray(t, jnp.int32),) + (jnp.zeros((), jnp.int32),) * (a.ndim - 1)
-        current = lax.dynamic_slice(a, start, u.shape)
-        return lax.dynamic_update_slice(a, current + u, start)
-    return _map(add, acc, update)
+        if add:
+            u = lax.dynamic_slice(a, start, u.shape) + u
+        return lax.dynamic_update_slice(a, u, start)
+    return _map(leading_add, acc, update)
 
 
 def _gather(x_ph, ksrc, v_ph, weight, t0, size, plan: Plan):
@@ -303,7 +305,9 @@ def _group_terms(xs, ks, vs, centre, ws, params, plan: Plan):
             dist = tap_distance(k_src, centre, asym=plan.asym)
             kern = kernel_from_distance(dist, plan.kernel_type, *params)[..., None]
         else:
-            kern = k_src
+            # A dense product's kernel has no channel axis: its per-tap gradient then has
+            # the image width innermost (a trailing axis of 1 made XLA CPU's updates scalar).
+            kern = k_src[..., None] if plan.dense else k_src
         if vs is not None:
             kern = kern * vs[g]
         kernels.append(kern)
@@ -513,7 +517,8 @@ def _taps_backward(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, cotange
             else:
                 # Tap by tap: a stacked update becomes a concatenate inside the update's
                 # fusion, which XLA CPU does not vectorise (7x slower, measured).
-                dk = _leading_add(dk, _map(lambda a: a[None], gk[g]), t0 + g)
+                # Each tap's rows are written once: no read of the current value.
+                dk = _leading_add(dk, _map(lambda a: a[None], gk[g]), t0 + g, add=False)
         dc = None if dc is None else _map(jnp.add, dc, gc)
         dw = _leading_add(dw, gw, t0)
         dp = jax.tree_util.tree_map(jnp.add, dp, gp)
