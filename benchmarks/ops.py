@@ -328,8 +328,14 @@ def check_targets(rows):
                             r["mem_ratio_floor"] <= 2))
             two = get(case, "auto", "fwd_bwd_s")
             if two is not None and r.get("fwd_bwd_s"):
-                out.append((f"{case}: two-step (auto) f+b <= 1.5x fused", two / r["fwd_bwd_s"],
-                            two / r["fwd_bwd_s"] <= 1.5))
+                ratio = two / r["fwd_bwd_s"]
+                if spec["op"] == "ppac":
+                    # The two-step target names pac_kernel + pac_conv2d; the PPAC
+                    # layer's two-step (prob_pac_conv2d) is reported, not judged.
+                    out.append((f"{case}: two-step (auto) f+b / fused (reported)", ratio, None))
+                else:
+                    out.append((f"{case}: two-step (auto) f+b <= 1.5x fused", ratio,
+                                ratio <= 1.5))
     for n in sorted({tuple(row["spec"]["size"]) for row in rows if row["spec"]["op"] == "pac"}):
         small = get(f"pac k=3 {n[0]}x{n[1]}", "fused", "temp_fwd_bwd_bytes")
         large = get(f"pac k=9 {n[0]}x{n[1]}", "fused", "temp_fwd_bwd_bytes")
@@ -341,7 +347,8 @@ def check_targets(rows):
 
 def format_targets(targets):
     lines = ["| target | measured | met |", "|---|---|---|"]
-    lines += [f"| {t} | {v:.2f} | {'yes' if ok else 'NO'} |" for t, v, ok in targets]
+    met = {True: "yes", False: "NO", None: "-"}
+    lines += [f"| {t} | {v:.2f} | {met[ok]} |" for t, v, ok in targets]
     return "\n".join(lines)
 
 
