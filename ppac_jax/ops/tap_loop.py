@@ -96,7 +96,7 @@ def window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
       x_ph: ``[sh, sw, B, Hq, Wq, C]`` input phases (:func:`to_phases` of the padded input;
         of the unpadded input, and likewise for the guide and validity, with ``plan.pads``).
       ksrc: fused: guide phases ``[sh, sw, B, Hq, Wq, D]``; otherwise the kernel tap-major,
-        ``[T, B, Ho, Wo]`` (dense) or ``[T, B, Ho, Wo, 1 or C]``.
+        ``[T, B, Ho, Wo, 1 or C]``, or ``[T, B, Ho, Wo]`` for a dense product.
       v_ph: ``[sh, sw, B or 1, Hq, Wq, 1]`` validity phases, or ``None`` (all valid).
         Not differentiated.
       centre: ``[B, Ho, Wo, D]`` window-centre features (fused), else ``None``; with
@@ -305,9 +305,10 @@ def _group_terms(xs, ks, vs, centre, ws, params, plan: Plan):
             dist = tap_distance(k_src, centre, asym=plan.asym)
             kern = kernel_from_distance(dist, plan.kernel_type, *params)[..., None]
         else:
-            # A dense product's kernel has no channel axis: its per-tap gradient then has
-            # the image width innermost (a trailing axis of 1 made XLA CPU's updates scalar).
-            kern = k_src[..., None] if plan.dense else k_src
+            # A dense product's kernel may come without a channel axis: its per-tap gradient
+            # then has the image width innermost (a trailing axis of 1 made XLA CPU's updates
+            # scalar). Channel-wise kernels keep their channel axis.
+            kern = k_src[..., None] if k_src.ndim < xs[g].ndim else k_src
         if vs is not None:
             kern = kern * vs[g]
         kernels.append(kern)
