@@ -138,3 +138,15 @@ def test_strip_rows_cover_image(monkeypatch):
                             None, "gaussian", False, None, None)
     got, _ = kernel_mod.pac_kernel(guide, 3, padding=1)
     np.testing.assert_allclose(got, ref, rtol=1e-12)
+
+
+def test_strip_starts_cover_every_row_once():
+    """geometry.strip_start / strip_fresh_rows: strips of 3 over 7 rows start at 0, 3, 4 and
+    the fresh rows of all strips cover each row exactly once."""
+    starts = [int(geo.strip_start(s, 3, 7)) for s in range(3)]
+    assert starts == [0, 3, 4]
+    counts = np.zeros(7, int)
+    for s, start in enumerate(starts):
+        fresh = np.asarray(geo.strip_fresh_rows(s, start, 3))
+        counts[start:start + 3] += fresh
+    assert counts.tolist() == [1] * 7

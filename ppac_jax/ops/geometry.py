@@ -213,3 +213,16 @@ def tap_phase_start(tap, stride: Pair, dilation: Pair):
     """
     oi, oj = tap[0] * dilation[0], tap[1] * dilation[1]
     return oi % stride[0], oj % stride[1], oi // stride[0], oj // stride[1]
+
+
+def strip_start(strip, rows, total):
+    """First row of row strip ``strip`` (traced) when ``total`` rows are cut into strips of
+    ``rows`` rows: strip ``i`` starts at ``i * rows``, except that the last one is moved up to
+    end at the last row (it then overlaps the strip before; see :func:`strip_fresh_rows`)."""
+    return jnp.minimum(strip * rows, total - rows).astype(jnp.int32)
+
+
+def strip_fresh_rows(strip, start, rows):
+    """``[rows]`` bool: the rows of strip ``strip`` (starting at ``start``) that no earlier
+    strip covers (all but the moved-up last strip's overlap)."""
+    return start + jnp.arange(rows) >= strip * rows

@@ -410,10 +410,6 @@ def _strips(plan: _KernelPlan):
     return -(-plan.out_size[0] // plan.rows), halo
 
 
-def _strip_start(s, plan: _KernelPlan):
-    return jnp.minimum(s * plan.rows, plan.out_size[0] - plan.rows).astype(jnp.int32)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _kernel_taps(phases, centre, params, plan: _KernelPlan):
     """Tap-major kernel ``[T, B, Ho, Wo]`` from guide phases ``[sh, sw, D, B, Hq, Wq]`` and the
@@ -423,7 +419,7 @@ def _kernel_taps(phases, centre, params, plan: _KernelPlan):
     strips, halo = _strips(plan)
 
     def strip(s, out):
-        start = _strip_start(s, plan)
+        start = geo.strip_start(s, plan.rows, plan.out_size[0])
         src = _slice_axis(phases, 4, start, rows + halo)
         c = _slice_axis(centre, 2, start, rows)
         c = [c[i] for i in range(depth)]
@@ -453,12 +449,12 @@ def _kernel_taps_bwd(plan, residuals, cotangent):
 
     def strip(s, carry):
         d_phases, d_centre, d_params = carry
-        start = _strip_start(s, plan)
+        start = geo.strip_start(s, plan.rows, plan.out_size[0])
         src = _slice_axis(phases, 4, start, rows + halo)
         c = _slice_axis(centre, 2, start, rows)
         c = [c[i] for i in range(depth)]
         # The moved-up last strip must not count rows an earlier strip already did.
-        fresh = (start + jnp.arange(rows) >= s * rows)[:, None]
+        fresh = geo.strip_fresh_rows(s, start, rows)[:, None]
 
         def tap(t, acc):
             d_src, d_c, d_p = acc

@@ -156,15 +156,15 @@ def _strip_count(plan: Plan):
 
 
 def _strip_start(strip, plan: Plan):
-    """First output row of strip ``strip`` (traced): the last strip ends at the last row."""
-    return jnp.minimum(strip * plan.rows, plan.out_size[0] - plan.rows).astype(jnp.int32)
+    return geo.strip_start(strip, plan.rows, plan.out_size[0])
 
 
 def _fresh_rows(cotangent, strip, start, plan: Plan):
     """The cotangent rows of a strip with the rows an earlier strip already covered (the
     moved-up last strip's overlap) zeroed: ``[B, rows, ...]``."""
+    keep = geo.strip_fresh_rows(strip, start, plan.rows)
+
     def fresh(a):
-        keep = start + jnp.arange(plan.rows) >= strip * plan.rows
         return jnp.where(keep.reshape(1, -1, *([1] * (a.ndim - 2))), a, jnp.zeros((), a.dtype))
     return _map(fresh, cotangent)
 
@@ -260,24 +260,6 @@ def _window_add(acc, update, t, plan: Plan):
     return _map(add, acc, update)
 
 
-def _leading(src, t, size):
-    """``src[t:t + size]`` along the leading (tap) axis."""
-    def leading(a):
-        start = (jnp.asarray(t, jnp.int32),) + (jnp.zeros((), jnp.int32),) * (a.ndim - 1)
-        return lax.dynamic_slice(a, start, (size, *a.shape[1:]))
-    return _map(leading, src)
-
-
-def _leading_add(acc, update, t, *, add=True):
-    """``acc[t:t + n] += update`` (``=`` with ``add=False``) along the leading (tap) axis."""
-    def leading_add(a, u):
-        start = (jnp.asarray(t, jnp.int32),) + (jnp.zeros((), jnp.int32),) * (a.ndim - 1)
-        if add:
-            u = lax.dynamic_slice(a, start, u.shape) + u
-        return lax.dynamic_update_slice(a, u, start)
-    return _map(leading_add, acc, update)
-
-
 def _gather(x_ph, ksrc, v_ph, weight, t0, size, plan: Plan):
     """Everything taps ``t0 .. t0 + size - 1`` read."""
     ts = [t0 + g for g in range(size)]
@@ -285,10 +267,10 @@ def _gather(x_ph, ksrc, v_ph, weight, t0, size, plan: Plan):
     if plan.fused:
         ks = tuple(_window(ksrc, t, plan) for t in ts)
     else:
-        block = _leading(ksrc, t0, size)
+        block = _rows(ksrc, 0, t0, size)
         ks = tuple(_map(lambda a: a[g], block) for g in range(size))
     vs = None if v_ph is None else tuple(_window(v_ph, t, plan) for t in ts)
-    return xs, ks, vs, _leading(weight, t0, size)
+    return xs, ks, vs, _rows(weight, 0, t0, size)
 
 
 def _centre(ksrc, centre, plan: Plan):
@@ -519,9 +501,9 @@ def _taps_backward(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, cotange
                 # Tap by tap: a stacked update becomes a concatenate inside the update's
                 # fusion, which XLA CPU does not vectorise (7x slower, measured).
                 # Each tap's rows are written once: no read of the current value.
-                dk = _leading_add(dk, _map(lambda a: a[None], gk[g]), t0 + g, add=False)
+                dk = _rows_add(dk, _map(lambda a: a[None], gk[g]), 0, t0 + g, add=False)
         dc = None if dc is None else _map(jnp.add, dc, gc)
-        dw = _leading_add(dw, gw, t0)
+        dw = _rows_add(dw, gw, 0, t0)
         dp = jax.tree_util.tree_map(jnp.add, dp, gp)
         return dx, dk, dc, dw, dp
 
