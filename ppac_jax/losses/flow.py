@@ -1,4 +1,4 @@
-"""Training losses (differentiable, jit-friendly). Evaluation metrics live in ppac_jax.metrics."""
+"""Flow losses: end-point error (PPAC flow refinement)."""
 
 from __future__ import annotations
 
