@@ -278,7 +278,7 @@ def run(args, log=print):
     log(f"preset {args.preset}, {jax.device_count()} device(s) on {jax.process_count()} "
         f"process(es), global batch {cfg.batch_size}, workdir {workdir}")
     if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=1)
     task = build_task(cfg, workdir, log)
     n_val = len(task.val_data["flow"]) if isinstance(task.val_data, dict) else len(task.val_data)
@@ -313,7 +313,7 @@ def run(args, log=print):
         summary = dict(metrics, elapsed_s=time.time() - t0, preset=args.preset,
                        devices=jax.device_count(),
                        **{f"input_{k}": v for k, v in baseline.items()})
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
+        with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=1)
     log(_summary(metrics, n_val, time.time() - t0))
     return 0

@@ -21,6 +21,7 @@ __all__ = [
         "flo_valid", "read_kitti_flow", "write_kitti_flow", "read_sintel_valid", "read_flow",
         "read_hd3_estimate", "read_hd3_confidence", "hd3_confidence_path", "write_npy",
         "read_image", "read_label_png", "write_label_png", "voc_palette", "read_list_file",
+        "open_text", "TEXT_ENCODING",
 ]
 
 FLO_MAGIC = 202021.25
@@ -28,6 +29,9 @@ FLO_MAGIC = 202021.25
 UNKNOWN_FLOW_THRESHOLD = 1e9
 _KITTI_OFFSET = 2.0 ** 15
 _KITTI_SCALE = 64.0
+# Every text file the project reads (list files, split files, configs): UTF-8 with or without
+# the byte-order mark some Windows editors write; never the locale's encoding.
+TEXT_ENCODING = "utf-8-sig"
 
 
 class CorruptFileError(ValueError):
@@ -268,6 +272,19 @@ def write_label_png(path, labels) -> None:
 # ----------------------------------------------------------------------------- lists
 
 
+def open_text(path, mode: str = "r"):
+    """Open a text file the project reads or writes: UTF-8, a leading BOM accepted (and not
+    written), any line ending (LF, CRLF, CR) read as ``\\n``. Use it for every text input.
+
+    Raises:
+      FileNotFoundError: if ``path`` does not exist (reading).
+      UnicodeDecodeError: if the file is not UTF-8.
+    """
+    if "b" in mode:
+        raise ValueError(f"mode: expected a text mode, got {mode!r}")
+    return open(path, mode, encoding="utf-8" if "r" not in mode else TEXT_ENCODING)
+
+
 def read_list_file(path, *, root=None, columns: Sequence[int] = (2, 3, 4)) -> List[Tuple[str, ...]]:
     """Read a list file: one sample per line, space-separated paths relative to `root`.
 
@@ -277,11 +294,23 @@ def read_list_file(path, *, root=None, columns: Sequence[int] = (2, 3, 4)) -> Li
         columns: accepted numbers of paths per line.
 
     Returns:
-        One tuple of joined paths per non-empty line (`#` comments skipped).
+        One tuple of joined paths per non-empty line (`#` comments skipped). The file is read as
+        UTF-8 (`open_text`): a byte-order mark, CRLF line ends and non-ASCII names are fine.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+        ValueError: for a line with a number of paths not in `columns`, or a non-UTF-8 file.
     """
     root = os.path.dirname(os.path.abspath(path)) if root is None else _name(root)
+    try:
+        return _read_list_lines(path, root, columns)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{_name(path)}: not a UTF-8 text file ({e})") from None
+
+
+def _read_list_lines(path, root, columns):
     samples = []
-    with open(path) as f:
+    with open_text(path) as f:
         for number, line in enumerate(f, 1):
             fields = line.split("#", 1)[0].split()
             if not fields:
