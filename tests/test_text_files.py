@@ -64,7 +64,7 @@ def test_open_text_reads_bom_and_writes_none(tmp_path):
     path = tmp_path / "t.txt"
     with io.open_text(path, "w") as f:
         f.write("ä\n")
-    assert path.read_bytes() == "ä\n".encode("utf-8")
+    assert path.read_bytes() == "ä\n".encode()
     path.write_bytes(b"\xef\xbb\xbfx\r\ny\r\n")
     with io.open_text(path) as f:
         assert f.read().splitlines() == ["x", "y"]

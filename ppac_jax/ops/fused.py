@@ -18,6 +18,7 @@ from ppac_jax.ops import geometry as geo
 from ppac_jax.ops import tap_loop
 from ppac_jax.ops.kernel import KERNEL_TYPES, _check_inv_param, centre_features, compute_dtype
 from ppac_jax.ops.pac import _add_bias, _check_weight
+from ppac_jax.ops.precision import matmul_precision
 from ppac_jax.ops.prob import _check_weight_norm, _divide, _summed_exp, check_confidence
 
 
@@ -266,5 +267,5 @@ def _window_count(padded, k, out_size, stride, dilation):
     ones = jnp.ones((*k, 1, 1), padded.dtype)
     count = lax.conv_general_dilated(
         padded, ones, stride, "VALID", rhs_dilation=dilation,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=lax.Precision.HIGHEST)
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=matmul_precision())
     return count[:, :out_size[0], :out_size[1]]

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ppac_jax.ops import geometry as geo
+from ppac_jax.ops.precision import matmul_precision
 
 KERNEL_TYPES = ("gaussian", "inv")
 # Added to the squared distance of `inv` kernels before the power (reference value).
@@ -252,7 +253,7 @@ def _smoothed_centre(guide, smooth_kernel, out_size, stride, offset):
     rhs = jnp.broadcast_to(smooth_kernel[:, :, None, None], (*sk, 1, depth))
     return lax.conv_general_dilated(
         padded, rhs, stride, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=depth, precision=lax.Precision.HIGHEST)
+        feature_group_count=depth, precision=matmul_precision())
 
 
 def _input_taps(values, k, out_size, stride, padding, output_padding, dilation, transposed):

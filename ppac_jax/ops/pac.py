@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops import tap_loop
 from ppac_jax.ops.kernel import compute_dtype
+from ppac_jax.ops.precision import matmul_precision
 
 IMPLS = ("auto", "patches", "shifted", "loop")
 # `auto` uses `patches` only while its window tensor stays this small (bytes).
@@ -215,8 +216,8 @@ def _patches_product(x_pad, kernel, weight, g: _Geometry):
     windows = geo.extract_windows(x_pad, g.kernel_size, g.out_size, g.stride, g.dilation)
     weighted = windows * (kernel if g.channel_wise else kernel[..., None])
     if g.dense:
-        return jnp.einsum("bhwijc,ijco->bhwo", weighted, weight)
-    return jnp.einsum("bhwijc,ij->bhwc", weighted, weight)
+        return jnp.einsum("bhwijc,ijco->bhwo", weighted, weight, precision=matmul_precision())
+    return jnp.einsum("bhwijc,ij->bhwc", weighted, weight, precision=matmul_precision())
 
 
 def _loop_product(x_pad, kernel, weight, g: _Geometry):
@@ -239,7 +240,7 @@ def _tap_kernel(kernel, tap, channel_wise):
 
 def _tap_forward(x_t, k_t, w_t, dense):
     weighted = x_t * k_t
-    return weighted @ w_t if dense else weighted * w_t
+    return jnp.matmul(weighted, w_t, precision=matmul_precision()) if dense else weighted * w_t
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -264,8 +265,8 @@ def _shifted_bwd(g, residuals, ct):
         x_t = geo.tap_slice(x_pad, tap, g.out_size, g.stride, g.dilation)
         k_t = _tap_kernel(kernel, tap, g.channel_wise)
         if g.dense:
-            ct_in = ct @ weight[tap].T                                  # [B, Ho, Wo, C]
-            d_weight.append(jnp.einsum("bhwc,bhwo->co", x_t * k_t, ct))
+            ct_in = jnp.matmul(ct, weight[tap].T, precision=matmul_precision())  # [B, Ho, Wo, C]
+            d_weight.append(jnp.einsum("bhwc,bhwo->co", x_t * k_t, ct, precision=matmul_precision()))
         else:
             ct_in = ct * weight[tap]
             d_weight.append(jnp.sum(x_t * k_t * ct))

@@ -38,6 +38,7 @@ from jax import lax
 
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops.kernel import kernel_from_distance, tap_distance
+from ppac_jax.ops.precision import matmul_precision
 
 # Taps handled per loop step (measured on a 2-core CPU with row strips).
 DEFAULT_GROUP = 0      # 0: one window row (see _steps)
@@ -297,7 +298,7 @@ def _group_terms(xs, ks, vs, centre, ws, params, plan: Plan):
     weighted = [x * kern for x, kern in zip(xs, kernels)]
     if plan.dense:
         lhs = weighted[0] if len(weighted) == 1 else jnp.concatenate(weighted, axis=-1)
-        u = lhs @ ws.reshape(-1, ws.shape[-1])
+        u = jnp.matmul(lhs, ws.reshape(-1, ws.shape[-1]), precision=matmul_precision())
     else:
         u = functools.reduce(jnp.add, [w * ws[g] for g, w in enumerate(weighted)])
     n = functools.reduce(jnp.add, kernels) if plan.with_sum else None
