@@ -15,6 +15,8 @@ from ppac_jax.ops.precision import matmul_precision
 KERNEL_TYPES = ("gaussian", "inv")
 # Internal kernel type: the gaussian's exponent -x / 2 (for stable normalisation).
 _LOG_GAUSSIAN = "log_gaussian"
+# Cap of a shifted log-kernel (taps outside the shift's maximum only): e^50 is finite in float32.
+_MAX_SHIFTED_LOG = 50.0
 # Added to the squared distance of `inv` kernels before the power (reference value).
 _INV_EPS = 1e-4
 
@@ -202,12 +204,13 @@ def _normalized_exp(log_kernel, valid):
     """``valid * exp(l) / sum_window(valid * exp(l))`` (0 for a window without a valid tap),
     computed as ``exp(l - m)`` with ``m`` the window maximum of ``l`` over the valid taps: the
     largest valid tap is 1, so the sum neither underflows nor is squared to 0 in the gradient.
-    ``m`` is held constant (the ratio does not depend on it). Axes 3, 4 are the window."""
-    live = valid > 0
+    ``m`` is held constant (the ratio does not depend on it). Taps with ``valid == 0`` are
+    capped at ``e^50`` times the largest valid one (no overflow; only their gradient w.r.t.
+    ``valid`` saturates beyond that ratio). Axes 3, 4 are the window."""
     low = jnp.asarray(-jnp.inf, log_kernel.dtype)
-    peak = jnp.max(jnp.where(live, log_kernel, low), axis=(3, 4), keepdims=True)
+    peak = jnp.max(jnp.where(valid > 0, log_kernel, low), axis=(3, 4), keepdims=True)
     peak = lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, jnp.zeros((), peak.dtype)))
-    kern = valid * jnp.exp(jnp.where(live, log_kernel - peak, low))
+    kern = valid * jnp.exp(jnp.minimum(log_kernel - peak, _MAX_SHIFTED_LOG))
     norm = jnp.sum(kern, axis=(3, 4), keepdims=True)
     return kern / (norm + (norm == 0).astype(norm.dtype))
 

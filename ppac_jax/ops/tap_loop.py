@@ -340,9 +340,14 @@ def _group_terms_planar(xs, ks, vs, centre, ws, params, plan: Plan):
 
 
 def _shifted(dist, shift):
-    """``dist - shift``, 0 where negative (taps the shift's minimum did not count, which the
-    validity then zeroes: no exp overflow)."""
-    return jnp.where(dist >= shift, dist - shift, jnp.zeros((), dist.dtype))
+    """``dist - shift``. Counted taps have ``dist >= shift`` up to rounding (no comparison here:
+    it would cut the gradient of the window's nearest tap); the floor only keeps taps the
+    minimum did not count, which the validity zeroes, from overflowing exp."""
+    return jnp.maximum(dist - shift, jnp.asarray(_SHIFT_FLOOR, dist.dtype))
+
+
+# exp(-_SHIFT_FLOOR / 2) = e^50 stays finite in float32 (as ops.kernel's cap)
+_SHIFT_FLOOR = -100.0
 
 
 def window_min_distance(guide_ph, v_ph, centre, plan: Plan):
