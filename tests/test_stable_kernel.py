@@ -3,7 +3,8 @@ where the raw window sum of the kernel is below 1e-30 (issue 12, item 5).
 
 The cases are joint-bilateral ones whose guide is colour plus finely scaled pixel coordinates,
 so that most windows' taps are far from their centre in guide space: a transposed kernel (x2
-upsampling), a convolution over sparse valid samples, and PPAC over sparse confidences.
+upsampling), a convolution over sparse valid samples, and PPAC over sparse confidences (whose
+ratio needs no shift: its 1e-20 floor and ratio-form derivative keep it finite).
 (The x8, 17x17 case of the issue behaves the same; it takes minutes to compile, so it is not
 run here.)
 """

@@ -357,12 +357,12 @@ def window_min_distance(guide_ph, v_ph, centre, plan: Plan):
     ``[sh, sw, B or 1, Hq, Wq, 1]`` of a map that is > 0 where a tap counts, or ``None`` (all
     count); ``centre``: ``[B, Ho, Wo, D]``. 0 for a window where no tap counts.
 
-    A normalised gaussian kernel ``K_t / sum_t K_t`` (and a ratio of two window sums with the
-    same kernel, as in PPAC) is unchanged when every ``K_t`` of a window is multiplied by the
-    same factor; with ``plan.shifted`` the window sums use ``exp(-(d_t - m) / 2)`` with this
-    minimum ``m`` (the exponent shifted by its window maximum), whose largest counted tap is 1,
-    so float32 neither underflows the sum nor squares a tiny sum in the gradient. One extra
-    loop over the taps of the guide only (no input channels, no gradient).
+    A normalised gaussian kernel ``K_t / sum_t K_t`` is unchanged when every ``K_t`` of a
+    window is multiplied by the same factor; with ``plan.shifted`` the window sums use
+    ``exp(-(d_t - m) / 2)`` with this minimum ``m`` (the exponent shifted by its window
+    maximum), whose largest counted tap is 1, so float32 neither underflows the sum nor squares
+    a tiny sum in the gradient. One extra loop over the taps of the guide only (no input
+    channels, no gradient).
     """
     plan = plan._replace(planar=False, rows=0)
     guide_ph, centre = lax.stop_gradient(guide_ph), lax.stop_gradient(centre)
