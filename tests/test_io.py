@@ -1,6 +1,5 @@
 """Tests for ppac_jax.data.io: round trips, shipped samples, corrupt files."""
 
-import io as pyio
 import struct
 import zlib
 
