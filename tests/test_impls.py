@@ -14,7 +14,7 @@ from ppac_jax.ops import tap_loop
 from tests import golden as G
 from tests.test_ops_golden import _check_case, _op_case
 
-IMPLS = ("patches", "shifted", "loop", "auto")
+IMPLS = ("patches", "loop", "auto")
 
 
 def _sweep(n, seed=0):
@@ -117,3 +117,12 @@ def test_loop_impl_golden(name):
     g = G.Golden(name)
     fn, leaves, outputs = _op_case(g, "loop")
     _check_case(g, fn, leaves, {}, outputs)
+
+
+def test_removed_shifted_impl_is_read_as_loop():
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((1, 9, 9, 2)))
+    kern, _ = ops.pac_kernel(x[..., :1], 3, padding=1)
+    w = jnp.asarray(np.random.default_rng(4).standard_normal((3, 3, 2, 3)))
+    with pytest.warns(DeprecationWarning, match='impl="shifted" was removed'):
+        y = ops.pac_conv2d(x, kern, w, padding=1, impl="shifted")
+    np.testing.assert_array_equal(y, ops.pac_conv2d(x, kern, w, padding=1, impl="loop"))
