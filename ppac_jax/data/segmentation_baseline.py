@@ -37,8 +37,8 @@ class SegmenterConfig:
     """Width of the network, training steps, batch, learning rate and seeds."""
 
     width: int = 24
-    steps: int = 300
-    batch_size: int = 8
+    steps: int = 400
+    batch_size: int = 16
     lr: float = 3e-3
     seed: int = 0
 
