@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from ppac_jax import losses, metrics
-from ppac_jax.data import io, segmentation_datasets as sd
+from ppac_jax.data import io, synthetic
+from ppac_jax.data import segmentation_datasets as sd
 from ppac_jax.data import segmentation_scenes as scenes
-from ppac_jax.data import synthetic
 
 
 @functools.partial(jax.jit, static_argnames=("threshold",))
