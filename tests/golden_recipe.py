@@ -11,46 +11,73 @@ import zlib
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 from flax import nnx
 
 from ppac_jax import convert
 
-def recipe_uniform(key: str, shape, lo: float, hi: float) -> np.ndarray:
+def recipe_uniform(key: str, shape, lo: float, hi: float, *, stored_as=None) -> np.ndarray:
     """``lo + (hi - lo) * u`` (float64, row-major ``shape``), ``u`` from splitmix64.
 
-    Computed by one jitted XLA loop (needs ``jax_enable_x64``, set by conftest).
+    Computed by one jitted XLA loop (needs ``jax_enable_x64``, set by conftest). With
+    ``stored_as = perm`` the values are laid out in memory as ``transpose(result, perm)`` and
+    the returned array is a (non-contiguous) view with ``shape``: transposing it back with
+    ``perm`` (what ``convert.load_torch_weights`` does for OIHW / IOHW) costs nothing.
     """
-    n = int(np.prod(shape, dtype=np.int64))
-    base = int(zlib.crc32(key.encode())) << 32
-    u = np.asarray(_splitmix_uniform(jnp.uint64(base), n))
-    return (lo + (hi - lo) * u).reshape(shape)
+    shape = tuple(int(s) for s in shape)
+    base = jnp.uint64(int(zlib.crc32(key.encode())) << 32)
+    perm = tuple(range(len(shape))) if stored_as is None else tuple(stored_as)
+    strides = np.cumprod((shape[1:] + (1,))[::-1])[::-1]
+    phys_shape = tuple(shape[a] for a in perm)
+    phys_strides = tuple(int(strides[a]) for a in perm)
+    u = np.asarray(_recipe_unit(base, phys_shape, phys_strides))
+    values = lo + (hi - lo) * u     # in NumPy: XLA may fuse this into an FMA (other rounding)
+    return np.transpose(values, np.argsort(perm))
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _splitmix_uniform(base, n):
-    z = jnp.arange(n, dtype=jnp.uint64) + base + jnp.uint64(0x9E3779B97F4A7C15)
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _recipe_unit(base, shape, strides):
+    z = jnp.zeros(shape, jnp.uint64)
+    for axis, stride in enumerate(strides):
+        z = z + lax.broadcasted_iota(jnp.uint64, shape, axis) * jnp.uint64(stride)
+    z = z + base + jnp.uint64(0x9E3779B97F4A7C15)
     z = (z ^ (z >> jnp.uint64(30))) * jnp.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> jnp.uint64(27))) * jnp.uint64(0x94D049BB133111EB)
     z = z ^ (z >> jnp.uint64(31))
     return (z >> jnp.uint64(11)).astype(jnp.float64) * (2.0 ** -53)
 
 
-def state_dict(golden, dtype) -> dict:
-    """Every parameter and buffer of a golden file by original name (stored or recipe)."""
+_STORED_AS = {"OIHW": (2, 3, 1, 0), "IOHW": (2, 3, 0, 1)}
+
+
+def state_dict(golden, dtype, module=None) -> dict:
+    """Every parameter and buffer of a golden file by original name (stored or recipe).
+
+    With ``module``, recipe weights are generated directly in ppac-jax's memory layout (the
+    returned arrays are original-layout views), so loading them needs no transposes.
+    """
     meta = golden.meta
+    layouts = ({n: m["torch_layout"] for n, m in convert._torch_paths(module).values()}
+               if module is not None else {})
     sd = {}
     for name in meta.get("param_names", []):
         if f"param_{name}" in golden:
-            sd[name] = golden[f"param_{name}"]
+            sd[name] = np.asarray(golden[f"param_{name}"], dtype)
         else:
             r = meta["param_recipe"][name]
-            sd[name] = recipe_uniform(r["key"], meta["param_shapes"][name], r["lo"], r["hi"])
-        sd[name] = np.asarray(sd[name], dtype)
+            value = recipe_uniform(r["key"], meta["param_shapes"][name], r["lo"], r["hi"],
+                                   stored_as=_STORED_AS.get(layouts.get(name)))
+            sd[name] = value if value.dtype == dtype else _cast_view(value, dtype)
     for key in golden.arrays:
         if key.startswith("buf_"):
             sd[key[4:]] = golden[key]
     return sd
+
+
+def _cast_view(view, dtype):
+    """``view.astype(dtype)`` keeping its memory order (a cheap cast of a transposed view)."""
+    return view.astype(dtype, order="K")
 
 
 _PERM = {"OIHW": (3, 2, 0, 1), "IOHW": (2, 3, 0, 1)}

@@ -19,17 +19,13 @@ MODELS = {"FCN8s": nn.FCN8s, "FCN8sAltPad": nn.FCN8sAltPad, "FCN8sPac": nn.FCN8s
 
 
 @functools.lru_cache(maxsize=1)
-def _weights64(stem):
-    """The float64 state dict of one file pair (f32 and f64 twins share the recipe keys)."""
-    return state_dict(G.Golden(stem + "_f64.npz"), np.float64)
-
-
-@functools.lru_cache(maxsize=1)
-def _model(model_name, num_classes):
-    """One module per network (the f32 / f64 twins load their weights into it)."""
-    model = MODELS[model_name](num_classes)
+def _model_and_weights(stem):
+    """One module per network and the float64 state dict of its file pair (the f32 and f64
+    twins share the recipe keys and load their weights into the same module)."""
+    g = G.Golden(stem + "_f64.npz")
+    model = MODELS[g.meta["model"]](g.meta["num_classes"])
     model.eval()
-    return model
+    return model, state_dict(g, np.float64, model)
 
 
 def _close(actual, expected, rel, name):
@@ -47,8 +43,8 @@ def test_fcn8s_golden(name):
     f64 = name.endswith("_f64.npz")
     dtype = np.float64 if f64 else np.float32
     stem = name[: -len("_f64.npz")]
-    sd = {k: v.astype(dtype) for k, v in _weights64(stem).items()}
-    model = _model(g.meta["model"], g.meta["num_classes"])
+    model, sd64 = _model_and_weights(stem)
+    sd = {k: v.astype(dtype, order="K") for k, v in sd64.items()}
     convert.load_torch_weights(model, sd)   # strict: every parameter by its original name
     assert set(convert.torch_variables(model)) == set(g.meta["param_names"])
     x = jnp.asarray(G.nchw(g["in_image"]))

@@ -6,6 +6,8 @@ from ppac_jax.nn.layers import (Buffer, Conv2d, NormalizedPacConv2d, PacConv2d,
                                 PacConvTranspose2d, PacPool2d, ProbPacConv2d, ReLU)
 from ppac_jax.nn.refine import PacNetAdvancedNormalization, PPacNet
 from ppac_jax.nn.hot_swap import GuideChannel, HotSwappedPacConv2d, hot_swap, set_guide
+from ppac_jax.nn.crf_models import (ModelWithConvCrf, ModelWithCrf, create_model, freeze,
+                                    loose_state_dict, parse_model_name)
 from ppac_jax.nn.segment import ConvTranspose2d, FCN8s, FCN8sAltPad, FCN8sPac
 
 __all__ = [
@@ -30,4 +32,10 @@ __all__ = [
     "HotSwappedPacConv2d",
     "hot_swap",
     "set_guide",
+    "ModelWithCrf",
+    "ModelWithConvCrf",
+    "create_model",
+    "freeze",
+    "loose_state_dict",
+    "parse_model_name",
 ]
