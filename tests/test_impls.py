@@ -1,6 +1,8 @@
 """The ``impl`` choices of the PAC ops agree with each other (outputs and gradients, float64)
 on a seeded sweep of shapes and options, and ``loop`` matches the golden vectors."""
 
+import zlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +37,7 @@ def _sweep(n, seed=0):
 
 def _setup(case):
     op, k, s, p, d, shared, cw, b, h, w, c, o = case
-    rng = np.random.default_rng(abs(hash(case)) % 2 ** 31)
+    rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
     r = lambda *shape: jnp.asarray(rng.standard_normal(shape))
     x = r(b, h, w, c)
     if op == "transpose":
