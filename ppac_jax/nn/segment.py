@@ -133,9 +133,13 @@ class FCN8s(nnx.Module):
       rngs: for ``init="he"`` and the dropout masks (default ``nnx.Rngs(0)``).
       param_dtype: parameter dtype (load float64 weights to compute in float64).
 
-    Call: ``model(x [B, H, W, 3], out_crop=None)`` -> ``[B, H, W, n]`` class scores, or the
-    top-left ``out_crop = (h', w')`` block. ``x`` is the BGR mean-subtracted image (pacnet
-    ``DeepLabInputs``). ``model.eval()`` switches dropout off, ``model.train()`` on.
+    Call: ``model(x [B, H, W, 3], out_crop=None, *, rngs=None)`` -> ``[B, H, W, n]`` class
+    scores, or the top-left ``out_crop = (h', w')`` block. ``x`` is the BGR mean-subtracted
+    image (pacnet ``DeepLabInputs``). ``model.eval()`` switches dropout off, ``model.train()``
+    on. In training mode the dropout masks come from ``rngs`` (an ``nnx.Rngs``) when given,
+    else from the module's own stream, which advances only eagerly or under NNX transforms
+    (``nnx.jit`` / ``nnx.grad``): with ``nnx.merge`` inside a raw ``jax.grad`` pass ``rngs`` or
+    use ``eval()``.
 
     Raises:
       ValueError: bad ``x`` shape, bad ``out_crop``, or (subclasses) sizes that are not
@@ -205,7 +209,7 @@ class FCN8s(nnx.Module):
             raise ValueError(f"{type(self).__name__} needs H and W multiples of 32 (as the "
                              f"original), got {x.shape[1:3]}")
 
-    def features(self, x):
+    def features(self, x, *, rngs=None):
         """``(pool3 [B, H/8, W/8, 256w], pool4 [.., 512w], fc7 output [.., 4096w])``."""
         h = x
         pools = []
@@ -216,14 +220,14 @@ class FCN8s(nnx.Module):
                 continue
             name = spec[0]
             h = getattr(self, "relu" + name[4:])(getattr(self, name)(h))
-        h = self.drop6(self.relu6(self.fc6(h)))
-        h = self.drop7(self.relu7(self.fc7(h)))
+        h = self.drop6(self.relu6(self.fc6(h)), rngs=rngs)
+        h = self.drop7(self.relu7(self.fc7(h)), rngs=rngs)
         return pools[2], pools[3], h
 
-    def __call__(self, x, out_crop: Optional[Sequence[int]] = None):
+    def __call__(self, x, out_crop: Optional[Sequence[int]] = None, *, rngs=None):
         self._check_input(x)
         height, width = x.shape[1:3]
-        pool3, pool4, h = self.features(x)
+        pool3, pool4, h = self.features(x, rngs=rngs)
         up2 = self.upscore2(self.score_fr(h))
         s4 = self.score_pool4(pool4)
         if not self._alt_pad:
