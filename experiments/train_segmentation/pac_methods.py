@@ -1,16 +1,19 @@
 """PAC methods of ``train_segmentation`` (issue 15): ``method=paccrf`` and ``method=hotswap``.
 
 ``--set method=paccrf``: a backbone segmenter plus a PAC-CRF head (:class:`ppac_jax.nn.ModelWithCrf`,
-pairwise kernels from ``pac.crf``, pacnet's model-name grammar), trained in the paper's stages
-(pacnet README): first the head alone with the backbone frozen (``pac.head_fraction`` of the
-steps, Adam at ``pac.head_lr``, x0.1 at the stage's middle: the original's 1e-3 for 40 epochs,
-stepped at 20), then everything jointly (``pac.joint_lr``, x0.1 at the stage's middle). With
+pairwise kernels from ``model.crf``, pacnet's model-name grammar), trained in the paper's stages
+(pacnet README): first the head alone with the backbone frozen (``model.head_fraction`` of the
+steps, Adam at ``model.head_lr``, x0.1 at the stage's middle: the original's 1e-3 for 40 epochs,
+stepped at 20), then everything jointly (``model.joint_lr``, x0.1 at the stage's middle). With
 ``--set backbone=fcn8s`` (FCN-8s of ``--set width=W``, trained from scratch here) a first stage
-(``pac.backbone_fraction``) trains the backbone through the CRF at its initialisation.
+(``model.backbone_fraction``) trains the backbone through the CRF at its initialisation.
 
 ``--set method=hotswap``: the backbone with PAC hot-swapped into its later convolutions
 (:func:`ppac_jax.nn.hot_swap`, weights kept; the baseline's ``layers.2-4`` guided by its first
-layer's features, FCN-8s: ``FCN8sPac``), fine-tuned end to end at ``pac.hotswap_lr``.
+layer's features, FCN-8s: ``FCN8sPac``), fine-tuned end to end at ``model.hotswap_lr``.
+
+``--set method=hotswap_paccrf``: both, the hot-swapped baseline as the CRF's backbone (stages as
+``paccrf``).
 
 The backbone ``baseline`` is the built-in segmenter that produced the input logits (its trained
 weights); ``fcn8s`` reads pacnet's input convention (BGR, mean-subtracted, 0-255).
@@ -172,4 +175,21 @@ def register(registry):
         uses_data_info=True))
     registry.register_method("hotswap", registry.Method(
         build=build_hotswap, forward=hotswap_forward, make_optimizer=hotswap_optimizer,
+        uses_data_info=True))
+    register_both(registry)
+
+
+def build_hotswap_paccrf(config, num_classes, *, info=None):
+    """Both: the hot-swapped baseline (``build_hotswap``) as the backbone of the PAC-CRF head."""
+    if config.backbone != "baseline":
+        raise ValueError("method=hotswap_paccrf builds on backbone=baseline")
+    net = build_hotswap(config, num_classes, info=info)
+    return nn.create_model(f"fcn8s_{config.model.crf}", num_classes,
+                           backbone=ImageNetBackbone(net, num_classes),
+                           rngs=nnx.Rngs(config.model.model_seed))
+
+
+def register_both(registry):
+    registry.register_method("hotswap_paccrf", registry.Method(
+        build=build_hotswap_paccrf, forward=paccrf_forward, make_optimizer=paccrf_optimizer,
         uses_data_info=True))
