@@ -115,14 +115,6 @@ def test_guide_from_an_inner_layer(cnn):
     live = nn.hot_swap(cnn, ["body.0", "body.1", "down"], guide_from="act", guide_scale=0.5)
     out = np.asarray(_apply(live, x))
     assert np.abs(out - ref).max() > 1e-3 * np.abs(ref).max()
-    # gradients reach the guide source's input side through the adapting kernel (jit + vjp)
-    graphdef, params, rest = nnx.split(live, nnx.Param, ...)
-
-    @jax.jit
-    def grad_stem(params):
-        return jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(x) ** 2))(params)
-    g = grad_stem(params)
-    assert np.isfinite(np.asarray(g["stem"]["kernel"].get_value())).all()
 
 
 def test_reproduces_fcn8spac():
@@ -141,7 +133,7 @@ def test_reproduces_fcn8spac():
     convert.load_torch_weights(pac, sd)
     swapped.eval()
     pac.eval()
-    x = _x((1, 64, 64, 3), seed=4) * 60
+    x = _x((1, 32, 32, 3), seed=4) * 60
     a, b = np.asarray(_apply(swapped, x)), np.asarray(_apply(pac, x))
     np.testing.assert_array_equal(a, b)
     plain = nn.FCN8sAltPad(3, upsample="bilinear", **kw)
