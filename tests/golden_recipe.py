@@ -11,11 +11,12 @@ import zlib
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
 from flax import nnx
+from jax import lax
 
 from ppac_jax import convert
+
 
 def recipe_uniform(key: str, shape, lo: float, hi: float, *, stored_as=None) -> np.ndarray:
     """``lo + (hi - lo) * u`` (float64, row-major ``shape``), ``u`` from splitmix64.
@@ -107,7 +108,7 @@ def _to_torch(meta, g):
     return g
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def summary_vjp_runner(graphdef, plan):
     """Jitted ``run(params, rest, x, cot) -> (out, d_x, {name: grad or subsample}, {name: norm})``.
 

@@ -1,7 +1,6 @@
 """FCN-8s family: shapes, crops, width multiplier, dropout modes, errors (golden values are in
 test_fcn_golden.py)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -15,7 +15,8 @@ Semantics: SPEC_wave2.md sections 2.4-2.6. Arrays NHWC.
 from __future__ import annotations
 
 import re
-from typing import NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -170,7 +171,7 @@ class ModelWithCrf(nnx.Module):
 
     def __init__(self, backbone, num_steps: int = 5, pairwise: Sequence = ("4d_5_16_1",),
                  loose: bool = False, use_yx: bool = False, shared_scales: bool = True,
-                 adaptive_init: bool = True, *, rngs: Optional[nnx.Rngs] = None,
+                 adaptive_init: bool = True, *, rngs: nnx.Rngs | None = None,
                  param_dtype=jnp.float32):
         n = _check_backbone(backbone)
         if isinstance(pairwise, (str, PairwiseSpec)):
@@ -220,7 +221,7 @@ class ModelWithCrf(nnx.Module):
                 feats.append(x * (1 / scales).astype(jnp.result_type(x, scales)))
         return feats
 
-    def __call__(self, x, out_crop: Optional[Sequence[int]] = None):
+    def __call__(self, x, out_crop: Sequence[int] | None = None):
         if getattr(x, "ndim", None) != 4 or x.shape[-1] != 3:
             raise ValueError(f"x must be [B, H, W, 3], got shape {getattr(x, 'shape', None)}")
         unary = self.backbone(x, out_crop)
@@ -250,7 +251,7 @@ class ModelWithConvCrf(nnx.Module):
 
     WEIGHTS = (2.0, 0.6)
 
-    def __init__(self, backbone, compat: str = "2d", *, rngs: Optional[nnx.Rngs] = None,
+    def __init__(self, backbone, compat: str = "2d", *, rngs: nnx.Rngs | None = None,
                  param_dtype=jnp.float32):
         n = _check_backbone(backbone)
         compat = {"0d": "potts"}.get(compat, compat)
@@ -272,7 +273,7 @@ class ModelWithConvCrf(nnx.Module):
         return [ops.yxrgb_features(x, yx_scale=80.0, rgb_scale=13.0),
                 ops.position_features((h, w), 3.0, batch=b)]
 
-    def __call__(self, x, out_crop: Optional[Sequence[int]] = None):
+    def __call__(self, x, out_crop: Sequence[int] | None = None):
         if getattr(x, "ndim", None) != 4 or x.shape[-1] != 3:
             raise ValueError(f"x must be [B, H, W, 3], got shape {getattr(x, 'shape', None)}")
         unary = self.backbone(x, out_crop)
@@ -288,7 +289,7 @@ class ModelName(NamedTuple):
 
     backbone: str
     frozen: bool
-    head: Optional[str]           # None, "crf" or "convcrf"
+    head: str | None           # None, "crf" or "convcrf"
     num_steps: int = 0
     loose: bool = False
     pairwise: tuple = ()
@@ -403,5 +404,14 @@ def loose_state_dict(state_dict: dict, num_steps: int) -> dict:
     return out
 
 
-__all__ = ["ModelWithCrf", "ModelWithConvCrf", "ModelName", "PairwiseSpec", "create_model",
-           "freeze", "loose_state_dict", "parse_model_name", "parse_pairwise"]
+__all__ = [
+    "ModelName",
+    "ModelWithConvCrf",
+    "ModelWithCrf",
+    "PairwiseSpec",
+    "create_model",
+    "freeze",
+    "loose_state_dict",
+    "parse_model_name",
+    "parse_pairwise",
+]

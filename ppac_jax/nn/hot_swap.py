@@ -26,7 +26,7 @@ multiplies it by ``guide_scale``.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import jax.numpy as jnp
 import numpy as np
@@ -121,7 +121,7 @@ def _nodes(model):
     for path, node in parents.items():
         if not path or node is None or isinstance(node, nnx.Variable):
             continue
-        if isinstance(node, (nnx.Module, nnx.List)) or hasattr(node, "__call__"):
+        if isinstance(node, (nnx.Module, nnx.List)) or callable(node):
             found[".".join(str(p) for p in path)] = (parents.get(tuple(path[:-1])), path[-1],
                                                      node)
     return found
@@ -186,10 +186,10 @@ def _symmetric_padding(name, padding):
     return tuple(out)
 
 
-def hot_swap(model, layer_names: Iterable[str], *, guide_from: Optional[str] = None,
+def hot_swap(model, layer_names: Iterable[str], *, guide_from: str | None = None,
              guide_scale: float = 1.0, kernel_type: str = "gaussian",
              normalize_kernel: bool = False, keep_weights: bool = True,
-             rngs: Optional[nnx.Rngs] = None, impl: str = "auto", inplace: bool = False):
+             rngs: nnx.Rngs | None = None, impl: str = "auto", inplace: bool = False):
     """Replace convolutions of ``model`` by pixel-adaptive ones that keep their weights.
 
     Args:
@@ -284,7 +284,7 @@ def _channels(model) -> dict:
     return found
 
 
-def _find_channel(model) -> Optional[GuideChannel]:
+def _find_channel(model) -> GuideChannel | None:
     return next(iter(_channels(model).values()), None)
 
 

@@ -15,9 +15,8 @@ loads ``fcn8s_from_caffe.pth``-style state dicts. Semantics: SPEC_wave2.md secti
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -49,7 +48,7 @@ class ConvTranspose2d(nnx.Module):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 output_padding=0, bias=True, dilation=1, *, rngs: Optional[nnx.Rngs] = None,
+                 output_padding=0, bias=True, dilation=1, *, rngs: nnx.Rngs | None = None,
                  param_dtype=jnp.float32, filler: str = "uniform"):
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
@@ -149,7 +148,7 @@ class FCN8s(nnx.Module):
     _alt_pad = False
 
     def __init__(self, num_classes: int = 21, *, width: float = 1.0, init: str = "original",
-                 rngs: Optional[nnx.Rngs] = None, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs | None = None, param_dtype=jnp.float32,
                  upsample: str = "learned"):
         if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -224,7 +223,7 @@ class FCN8s(nnx.Module):
         h = self.drop7(self.relu7(self.fc7(h)), rngs=rngs)
         return pools[2], pools[3], h
 
-    def __call__(self, x, out_crop: Optional[Sequence[int]] = None, *, rngs=None):
+    def __call__(self, x, out_crop: Sequence[int] | None = None, *, rngs=None):
         self._check_input(x)
         height, width = x.shape[1:3]
         pool3, pool4, h = self.features(x, rngs=rngs)
@@ -279,7 +278,7 @@ class FCN8sPac(FCN8sAltPad):
     GUIDE_SCALE = 1e-4
 
     def __init__(self, num_classes: int = 21, *, width: float = 1.0, init: str = "original",
-                 rngs: Optional[nnx.Rngs] = None, param_dtype=jnp.float32):
+                 rngs: nnx.Rngs | None = None, param_dtype=jnp.float32):
         from ppac_jax.nn.hot_swap import hot_swap
 
         rngs = nnx.Rngs(0) if rngs is None else rngs
@@ -290,7 +289,7 @@ class FCN8sPac(FCN8sAltPad):
                  inplace=True)
 
 
-def top_left_crop(x, out_crop: Optional[Sequence[int]]):
+def top_left_crop(x, out_crop: Sequence[int] | None):
     """The top-left ``out_crop = (h', w')`` block of ``x`` ``[B, H, W, C]`` (None: all of it)."""
     if out_crop is None:
         return x
