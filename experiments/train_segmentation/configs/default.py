@@ -57,7 +57,7 @@ def get_config() -> ConfigDict:
         hotswap_layers=("layers.2", "layers.3", "layers.4"),
         guide_from="layers.0",
         guide_scale=0.3,
-        hotswap_lr=3e-4,
+        hotswap_lr=5e-5,  # fine-tuning a trained network: small steps (best with full-image crops)
     ))
     config.train = ConfigDict(dict(
         steps=300,
