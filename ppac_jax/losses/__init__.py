@@ -3,6 +3,15 @@
 One module per task; every public name is re-exported here (``from ppac_jax import losses``).
 """
 
+from ppac_jax.losses.aaf import (AAF_SIZES, AffinityTerms, TrainingLossTerms, aaf_training_loss,
+                                 aaf_training_terms, affinity_terms, affinity_training_loss,
+                                 affinity_training_terms, edges_from_label,
+                                 eightcorner_activation, eightway_activation, ignores_from_label,
+                                 segmentation_cross_entropy, shrink_labels)
 from ppac_jax.losses.flow import endpoint_error, epe_loss
 
-__all__ = ["endpoint_error", "epe_loss"]
+__all__ = ["AAF_SIZES", "AffinityTerms", "TrainingLossTerms", "aaf_training_loss",
+           "aaf_training_terms", "affinity_terms", "affinity_training_loss",
+           "affinity_training_terms", "edges_from_label", "eightcorner_activation",
+           "eightway_activation", "endpoint_error", "epe_loss", "ignores_from_label",
+           "segmentation_cross_entropy", "shrink_labels"]
