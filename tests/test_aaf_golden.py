@@ -43,18 +43,24 @@ def _table(a):
 # layers helpers
 # ------------------------------------------------------------------------------------------
 
+@functools.partial(jax.jit, static_argnames=("num_classes",))
+def _layers(labels, x, *, num_classes):
+    onehot = jax.nn.one_hot(labels, num_classes, dtype=x.dtype)
+    out = {}
+    for s in (1, 2, 3):
+        out[f"out_ignore_s{s}"] = losses.ignores_from_label(labels, num_classes, s)
+        out[f"out_edge_s{s}"] = losses.edges_from_label(onehot, s)
+    out["out_eightcorner_s2"] = losses.eightcorner_activation(x, 2)
+    out["out_eightway"] = losses.eightway_activation(x)
+    return out
+
+
 @pytest.mark.parametrize("name", params_or_skip("aaf_layers_*.npz"))
 def test_layers_helpers(name):
     g = Golden(name)
-    c = g.meta["num_classes"]
-    labels = g["in_labels"]
-    for s in (1, 2, 3):
-        np.testing.assert_array_equal(losses.ignores_from_label(labels, c, s), g[f"out_ignore_s{s}"])
-        onehot = jax.nn.one_hot(labels, c, dtype=g["in_x"].dtype)
-        np.testing.assert_array_equal(losses.edges_from_label(onehot, s), g[f"out_edge_s{s}"])
-    x = g["in_x"]
-    np.testing.assert_array_equal(losses.eightcorner_activation(x, 2), g["out_eightcorner_s2"])
-    np.testing.assert_array_equal(losses.eightway_activation(x), g["out_eightway"])
+    out = _layers(g["in_labels"], g["in_x"], num_classes=g.meta["num_classes"])
+    for key, value in out.items():
+        np.testing.assert_array_equal(value, g[key], err_msg=key)
 
 
 # ------------------------------------------------------------------------------------------
@@ -161,8 +167,7 @@ def _affinity_train_vjp(logits, labels, cot_seg, cot_aff, step, **kw):
         t = losses.affinity_training_terms(logits, labels, step=step, **kw)
         return t.seg * cot_seg + t.affinity * cot_aff, t
     (_, t), grad = jax.value_and_grad(f, has_aux=True)(logits)
-    total = losses.affinity_training_loss(logits, labels, step=step, **kw)
-    return t, grad, total
+    return t, grad
 
 
 @functools.partial(jax.jit, static_argnames=_TRAIN_STATIC)
@@ -172,8 +177,7 @@ def _aaf_train_vjp(logits, labels, edge_w, nonedge_w, cot_seg, cot_aaf, step, **
         return t.seg * cot_seg + t.affinity * cot_aaf, t
     (_, t), grads = jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(logits, edge_w,
                                                                             nonedge_w)
-    total = losses.aaf_training_loss(logits, labels, edge_w, nonedge_w, step=step, **kw)
-    return t, grads, total
+    return t, grads
 
 
 def _train_kwargs(meta):
@@ -197,7 +201,7 @@ def _check_scalar_or_port(actual, g, key, port_key):
 @pytest.mark.parametrize("name", params_or_skip("aaf_affinity_train_*.npz"))
 def test_affinity_training_loss(name):
     g = Golden(name)
-    t, grad, total = _affinity_train_vjp(g["in_logits"], g["in_labels"], g["cot_seg_loss"],
+    t, grad = _affinity_train_vjp(g["in_logits"], g["in_labels"], g["cot_seg_loss"],
                                          g["cot_aff_loss"], g.meta["step"], **_train_kwargs(g.meta))
     np.testing.assert_array_equal(t.labels, g["aux_labels_shrunk"][..., 0])
     assert int(t.edge_counts[0]) == int(g["aux_n_edge"])
@@ -210,7 +214,7 @@ def test_affinity_training_loss(name):
         assert float(t.edge_means[0]) == 0.0 and int(t.edge_counts[0]) == 0
     else:
         _check_scalar_or_port(t.edge_means[0], g, "aux_edge_mean", None)
-    close_to_max(total, t.seg + t.affinity, 1e-15, "total")
+    close_to_max(t.total, t.seg + t.affinity, 1e-15, "total")
     assert np.all(np.isfinite(grad))
     close_to_max(grad, g["grad_in_logits"], _tol(name, "grad"), "grad logits")
 
@@ -220,7 +224,7 @@ def test_affinity_training_loss(name):
 def test_aaf_training_loss(name):
     g = Golden(name)
     edge_w, nonedge_w = _table(g["param_edge_w"]), _table(g["param_nonedge_w"])
-    t, (gl, ge, gn), total = _aaf_train_vjp(g["in_logits"], g["in_labels"], edge_w, nonedge_w,
+    t, (gl, ge, gn) = _aaf_train_vjp(g["in_logits"], g["in_labels"], edge_w, nonedge_w,
                                             g["cot_seg_loss"], g["cot_aaf_loss"], g.meta["step"],
                                             **_train_kwargs(g.meta))
     np.testing.assert_array_equal(t.labels, g["aux_labels_shrunk"][..., 0])
@@ -237,7 +241,7 @@ def test_aaf_training_loss(name):
                 assert float(mine) == 0.0 and int(count) == 0
             else:
                 _check_scalar_or_port(mine, g, key, None)
-    close_to_max(total, t.seg + t.affinity, 1e-15, "total")
+    close_to_max(t.total, t.seg + t.affinity, 1e-15, "total")
     rtol = _tol(name, "grad")
     for mine, key in ((gl, "grad_in_logits"), (ge, "grad_param_edge_w"),
                       (gn, "grad_param_nonedge_w")):

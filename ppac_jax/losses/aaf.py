@@ -379,6 +379,7 @@ def _decay(step, num_steps: int, dtype):
 def _training_terms(logits, labels, tables, *, num_classes, margin, lambda_edge,
                     lambda_not_edge, step, num_steps, sizes):
     num_classes = _check_int(num_classes, "num_classes", 1)
+    num_steps = _check_int(num_steps, "num_steps", 1)
     logits = _class_scores(logits, "logits", num_classes)
     small = shrink_labels(labels, logits.shape[1:3])
     if small.shape[0] != logits.shape[0]:
