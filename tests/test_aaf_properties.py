@@ -222,14 +222,23 @@ def test_jit_eager_and_vmap_agree():
     def f(logits, labels):
         return losses.aaf_training_loss(logits, labels, *tables, num_classes=c, step=10, **KW)
 
+    def g(probs, labels):
+        t = losses.affinity_terms(labels, probs, num_classes=c, size=2, margin=3.0,
+                                  edge_weight=tables[0][:, 1], not_edge_weight=tables[1][:, 1])
+        return t.edge_mean + t.not_edge_mean
+
+    small = np.asarray(jax.vmap(lambda lab: losses.shrink_labels(lab, (3, 6)))(labels))
+    probs = np.asarray(jax.nn.softmax(logits, -1))
     with jax.disable_jit():
-        eager = float(f(logits[0], labels[0]))
-    jitted = jax.jit(f)
-    per_batch = np.array([jitted(logits[i], labels[i]) for i in range(3)])
+        eager = float(g(probs[0], small[0]))
+    jitted_f, jitted_g = jax.jit(f), jax.jit(g)
+    per_batch = np.array([jitted_f(logits[i], labels[i]) for i in range(3)])
     vmapped = np.asarray(jax.jit(jax.vmap(f))(logits, labels))
     assert eager > 0 and len(set(per_batch.tolist())) == 3
-    np.testing.assert_allclose(per_batch[0], eager, rtol=1e-13)
+    np.testing.assert_allclose(float(jitted_g(probs[0], small[0])), eager, rtol=1e-13)
     np.testing.assert_allclose(vmapped, per_batch, rtol=1e-13)
+    np.testing.assert_allclose(jax.jit(jax.vmap(g))(probs, small),
+                               [jitted_g(probs[i], small[i]) for i in range(3)], rtol=1e-13)
 
 
 # ------------------------------------------------------------------------------------------
