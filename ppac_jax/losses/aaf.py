@@ -45,7 +45,6 @@ __all__ = [
     "eightcorner_activation",
     "eightway_activation",
     "ignores_from_label",
-    "segmentation_cross_entropy",
     "shrink_labels",
 ]
 
@@ -333,12 +332,10 @@ def shrink_labels(labels, out_size: Tuple[int, int]):
     return labels[:, idx[0]][:, :, idx[1]]
 
 
-def segmentation_cross_entropy(logits, labels, *, num_classes: int):
-    """Mean softmax cross-entropy over the non-void pixels of the batch (0 if there are none).
-
-    logits: ``[N, H, W, C]``; labels: ``[N, H, W]`` int, void outside ``[0, C)``. Logits at
-    void pixels are never used. Returns ``(mean, count)``. Raises ``ValueError`` for bad shapes.
-    """
+def _cross_entropy(logits, labels, *, num_classes: int):
+    """The scripts' ``seg_loss``: mean softmax cross-entropy over the non-void pixels of the
+    batch (0 if there are none), void = any label outside ``[0, C)`` (unlike
+    ``losses.cross_entropy``, which knows one ignore label). Returns ``(mean, count)``."""
     num_classes = _check_int(num_classes, "num_classes", 1)
     logits = _class_scores(logits, "logits", num_classes)
     labels = _labels_nhw(labels)
@@ -384,7 +381,7 @@ def _training_terms(logits, labels, tables, *, num_classes, margin, lambda_edge,
     small = shrink_labels(labels, logits.shape[1:3])
     if small.shape[0] != logits.shape[0]:
         raise ValueError(f"labels batch {small.shape[0]} != logits batch {logits.shape[0]}")
-    seg, _ = segmentation_cross_entropy(logits, small, num_classes=num_classes)
+    seg, _ = _cross_entropy(logits, small, num_classes=num_classes)
     valid = ~_void(small, num_classes)
     probs = jax.nn.softmax(jnp.where(valid[..., None], logits, 0), axis=-1)
     dtype = logits.dtype
