@@ -18,13 +18,20 @@ kernels is the gradient term ``wd * w`` (``optax.add_decayed_weights`` with a ma
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from flax import nnx
 
-__all__ = ["AAF_GROUPS", "aaf_optimizer", "init_aaf_tables", "poly_learning_rate"]
+from ppac_jax import losses
+
+__all__ = ["AAF_GROUPS", "AAFTables", "SEGMENTER_LOSSES", "TABLES_KEY", "aaf_optimizer",
+           "aaf_param_labels", "draw_size_weights", "init_aaf_tables", "poly_learning_rate",
+           "segmenter_loss", "size_weight_record"]
 
 AAF_GROUPS = ("network", "head", "aaf")
 """Parameter group labels of :func:`aaf_optimizer`."""
@@ -113,3 +120,127 @@ def init_aaf_tables(num_classes: int, dtype=jnp.float32):
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
     return jnp.zeros((num_classes, 3), dtype), jnp.zeros((num_classes, 3), dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# training a segmenter with cross-entropy, affinity or AAF
+# ---------------------------------------------------------------------------------------------
+
+SEGMENTER_LOSSES = ("ce", "affinity", "aaf")
+"""Training losses of :func:`segmenter_loss`: the original's ``train.py`` (cross-entropy),
+``train_affinity.py`` and ``train_aaf.py``."""
+
+TABLES_KEY = "aaf_tables"
+"""Name under which models and parameter trees keep the AAF tables (:func:`aaf_param_labels`)."""
+
+
+class AAFTables(nnx.Module):
+    """The two AAF size-weight tables as parameters: ``edge`` and ``not_edge``, ``[C, 3]`` each,
+    initialised to 0 (every class weighs sizes 1, 2, 3 by 1/3). Put it in a model under the
+    attribute name :data:`TABLES_KEY` so that :func:`aaf_param_labels` finds it."""
+
+    def __init__(self, num_classes: int, *, dtype=jnp.float32):
+        edge, not_edge = init_aaf_tables(num_classes, dtype)
+        self.edge = nnx.Param(edge)
+        self.not_edge = nnx.Param(not_edge)
+
+    def size_weights(self):
+        """``(softmax(edge), softmax(not_edge))`` over sizes: ``[C, 3]`` each."""
+        return jax.nn.softmax(self.edge.value, -1), jax.nn.softmax(self.not_edge.value, -1)
+
+
+def _path_names(path):
+    return [str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path]
+
+
+def aaf_param_labels(params, *, head_names=()):
+    """:func:`aaf_optimizer` labels for a parameter tree (dict or ``nnx.State``): leaves under a
+    key :data:`TABLES_KEY` are ``"aaf"``, under one of ``head_names`` ``"head"``, the rest
+    ``"network"``."""
+    def label(path, _):
+        names = _path_names(path)
+        if TABLES_KEY in names:
+            return "aaf"
+        return "head" if any(n in head_names for n in names) else "network"
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def segmenter_loss(loss: str, logits, labels, tables=None, *, num_classes: int, step,
+                   num_steps: int, margin: float = 3.0, lambda_edge: float = 1.0,
+                   lambda_not_edge: float = 1.0):
+    """Training loss of a segmenter whose output stride is > 1, as the original's scripts.
+
+    Args:
+      loss: ``"ce"`` (cross-entropy), ``"affinity"`` (CE + affinity, field size 1) or ``"aaf"``
+        (CE + adaptive affinity over sizes 1-3).
+      logits: ``[N, h, w, C]`` logits at the network's output resolution.
+      labels: ``[N, H, W]`` integer labels at image resolution (void outside ``[0, C)``);
+        shrunk to ``(h, w)`` by nearest neighbour (``losses.shrink_labels``).
+      tables: ``(edge, not_edge)`` raw ``[C, 3]`` tables (``"aaf"`` only).
+      num_classes, step, num_steps, margin, lambda_edge, lambda_not_edge: as in
+        :func:`ppac_jax.losses.aaf_training_loss` (defaults: the published scripts').
+
+    Returns:
+      ``(scalar loss, aux dict of scalars)``: ``seg`` always; ``affinity``, ``edge_mean_s<k>``,
+      ``not_edge_mean_s<k>`` for the affinity losses.
+
+    Raises:
+      ValueError: unknown ``loss`` or missing ``tables`` for ``"aaf"``.
+    """
+    common = dict(num_classes=num_classes, margin=margin, lambda_edge=lambda_edge,
+                  lambda_not_edge=lambda_not_edge, step=step, num_steps=num_steps)
+    if loss == "aaf":
+        if tables is None:
+            raise ValueError("tables: the 'aaf' loss needs the (edge, not_edge) [C, 3] tables")
+        terms = losses.aaf_training_terms(logits, labels, *tables, **common)
+    elif loss in ("ce", "affinity"):
+        terms = losses.affinity_training_terms(logits, labels, **common)
+    else:
+        raise ValueError(f"loss must be one of {SEGMENTER_LOSSES}, got {loss!r}")
+    if loss == "ce":
+        return terms.seg, {"seg": terms.seg}
+    aux = {"seg": terms.seg, "affinity": terms.affinity}
+    sizes = (1,) if loss == "affinity" else losses.AAF_SIZES
+    for i, s in enumerate(sizes):
+        aux[f"edge_mean_s{s}"] = terms.edge_means[i]
+        aux[f"not_edge_mean_s{s}"] = terms.not_edge_means[i]
+    return terms.total, aux
+
+
+def size_weight_record(tables, class_names=None) -> dict:
+    """JSON-ready ``{"edge": {class: [w1, w2, w3]}, "not_edge": {...}}`` of the softmaxed
+    tables ``(edge, not_edge)`` (raw ``[C, 3]`` each)."""
+    out = {}
+    for key, table in zip(("edge", "not_edge"), tables):
+        w = np.asarray(jax.nn.softmax(jnp.asarray(table, jnp.float32), -1), np.float64)
+        names = class_names or [str(c) for c in range(len(w))]
+        out[key] = {str(n): [round(float(v), 6) for v in row] for n, row in zip(names, w)}
+    return out
+
+
+def draw_size_weights(path: str, record: dict, *, title: str = "AAF size weights") -> str:
+    """Draw a :func:`size_weight_record` as two heat maps (classes x sizes 3x3, 5x5, 7x7) with
+    matplotlib and save it as a PNG at ``path``; returns ``path``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in ("edge", "not_edge") if k in record]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys) + 0.8, 0.45 *
+                                                    len(record[keys[0]]) + 1.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        names = list(record[key])
+        w = np.asarray([record[key][n] for n in names])
+        im = ax.imshow(w, vmin=0, vmax=max(0.5, float(w.max())), cmap="viridis", aspect="auto")
+        ax.set_xticks(range(3), ["3x3", "5x5", "7x7"])
+        ax.set_yticks(range(len(names)), names)
+        ax.set_title(key.replace("_", "-"))
+        for (r, c), v in np.ndenumerate(w):
+            ax.text(c, r, f"{v:.2f}", ha="center", va="center",
+                    color="white" if v < 0.4 else "black", fontsize=8)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    fig.suptitle(title)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
