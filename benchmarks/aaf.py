@@ -45,6 +45,8 @@ def _parse(argv):
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.02, help="base learning rate (poly decay)")
+    p.add_argument("--adam_lr", type=float, default=0.0,
+                   help="> 0: Adam at this rate (cosine decay) for the network instead of SGD")
     p.add_argument("--width", type=int, default=24, help="segmenter width")
     p.add_argument("--train_scenes", type=int, default=256)
     p.add_argument("--val_scenes", type=int, default=64)
@@ -112,8 +114,12 @@ def train_one(loss: str, data: dict, args, log=print) -> dict:
     edge, not_edge = init_aaf_tables(NUM_CLASSES)
     params = {"net": net_params, TABLES_KEY: {"edge": edge, "not_edge": not_edge}}
     num_steps = args.steps + 1  # as the scripts: the last step keeps a positive rate
+    network = None
+    if args.adam_lr > 0:
+        network = optax.adam(optax.cosine_decay_schedule(args.adam_lr, args.steps, alpha=0.05))
     tx = aaf_optimizer(aaf_param_labels, base_lr=args.lr, num_steps=num_steps,
-                       weight_decay=5e-4, weight_decay_mask=_weight_decay_mask)
+                       weight_decay=5e-4, weight_decay_mask=_weight_decay_mask,
+                       network_optimizer=network)
     opt_state = tx.init(params)
     step = _step_fn(graphdef, tx, loss, num_steps)
     rng = np.random.default_rng(args.seed)  # the same batches for every loss

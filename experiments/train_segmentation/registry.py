@@ -161,3 +161,6 @@ def make_cross_entropy(config):
 
 
 register_loss("ce", Loss(make=make_cross_entropy))
+
+
+from experiments.train_segmentation import aaf as _aaf  # noqa: E402,F401  (segmenter, affinity, aaf)

@@ -63,7 +63,9 @@ def aaf_optimizer(param_labels: Union[Any, Callable[[Any], Any]], *, base_lr: fl
                   num_steps: int, momentum: float = 0.9, power: float = 0.9,
                   head_lr_multiplier: float = 10.0, weight_decay: float = 0.0,
                   weight_decay_mask: Optional[Union[Any, Callable[[Any], Any]]] = None,
-                  step_offset: int = 0) -> optax.GradientTransformation:
+                  step_offset: int = 0,
+                  network_optimizer: Optional[optax.GradientTransformation] = None
+                  ) -> optax.GradientTransformation:
     """Momentum SGD with poly decay for the network, gradient *ascent* for the AAF tables.
 
     Args:
@@ -80,6 +82,10 @@ def aaf_optimizer(param_labels: Union[Any, Callable[[Any], Any]], *, base_lr: fl
         gradients where ``weight_decay_mask`` (same forms as ``param_labels``, bool leaves) is
         True (default: every network parameter). Never applied to the ``"aaf"`` group.
       step_offset: the step the first update belongs to (see :func:`poly_learning_rate`).
+      network_optimizer: optional transformation that replaces the momentum SGD of the
+        ``"network"`` group (e.g. Adam for a small network trained from scratch); the
+        ``"head"`` group then uses it too and ``head_lr_multiplier`` is ignored. The tables keep
+        the ascent with momentum SGD at the poly rate.
 
     Returns:
       An ``optax.GradientTransformation``. Feed it the gradient of the loss (the one the network
@@ -97,8 +103,11 @@ def aaf_optimizer(param_labels: Union[Any, Callable[[Any], Any]], *, base_lr: fl
         return optax.sgd(schedule, momentum=momentum)
 
     ascent = optax.chain(optax.scale(-1.0), optax.sgd(lr, momentum=momentum))
-    tx = optax.multi_transform({"network": descent(1), "head": descent(head_lr_multiplier),
-                                "aaf": ascent}, param_labels)
+    if network_optimizer is None:
+        groups = {"network": descent(1), "head": descent(head_lr_multiplier)}
+    else:
+        groups = {"network": network_optimizer, "head": network_optimizer}
+    tx = optax.multi_transform(dict(groups, aaf=ascent), param_labels)
     if not weight_decay:
         return tx
 
@@ -226,18 +235,19 @@ def draw_size_weights(path: str, record: dict, *, title: str = "AAF size weights
     import matplotlib.pyplot as plt
 
     keys = [k for k in ("edge", "not_edge") if k in record]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys) + 0.8, 0.45 *
-                                                    len(record[keys[0]]) + 1.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys) + 1.0, 0.45 *
+                                                    len(record[keys[0]]) + 1.8), squeeze=False,
+                             constrained_layout=True)
     for ax, key in zip(axes[0], keys):
         names = list(record[key])
         w = np.asarray([record[key][n] for n in names])
-        im = ax.imshow(w, vmin=0, vmax=max(0.5, float(w.max())), cmap="viridis", aspect="auto")
+        im = ax.imshow(w, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_xticks(range(3), ["3x3", "5x5", "7x7"])
         ax.set_yticks(range(len(names)), names)
         ax.set_title(key.replace("_", "-"))
         for (r, c), v in np.ndenumerate(w):
             ax.text(c, r, f"{v:.2f}", ha="center", va="center",
-                    color="white" if v < 0.4 else "black", fontsize=8)
+                    color="white" if v < 0.6 else "black", fontsize=8)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
     fig.suptitle(title)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
