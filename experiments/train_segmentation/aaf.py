@@ -77,6 +77,9 @@ def make_affinity_loss(kind: str):
     affinity term (``ppac_jax.train.aaf.segmenter_loss``)."""
 
     def make(config):
+        if kind == "aaf" and config.method != "segmenter":
+            raise ValueError(f"loss=aaf trains size-weight tables that only method=segmenter "
+                             f"has (got method={config.method}): --set method=segmenter")
         ce = registry.make_cross_entropy(config)
         a = config.aaf
 
