@@ -36,7 +36,7 @@ DEFAULT_SETS = ["lr=0.003", "milestones=(700,)"]
 
 def _parse(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.aaf", description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=600, help="training steps of every run")
+    p.add_argument("--steps", type=int, default=1000, help="training steps of every run")
     p.add_argument("--preset", default="default", help="experiment preset (configs/)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="extra experiment overrides, applied to every run (after "
