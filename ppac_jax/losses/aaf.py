@@ -24,7 +24,7 @@ average per-device means). Non-finite inputs at void pixels never reach the arit
 from __future__ import annotations
 
 import numbers
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Tuple
 
 import jax
 import jax.numpy as jnp
