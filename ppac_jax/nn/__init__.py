@@ -5,6 +5,8 @@ from ppac_jax.nn.crf import PacCRF, PacCRFLoose
 from ppac_jax.nn.layers import (Buffer, Conv2d, NormalizedPacConv2d, PacConv2d,
                                 PacConvTranspose2d, PacPool2d, ProbPacConv2d, ReLU)
 from ppac_jax.nn.refine import PacNetAdvancedNormalization, PPacNet
+from ppac_jax.nn.upsample import (DJIF, Bilinear, DJIFWide, JointBilateral, PacJointUpsample,
+                                  PacJointUpsampleLite, apply_model)
 
 __all__ = [
     "fillers",
@@ -20,4 +22,11 @@ __all__ = [
     "PacNetAdvancedNormalization",
     "PacCRF",
     "PacCRFLoose",
+    "PacJointUpsample",
+    "PacJointUpsampleLite",
+    "DJIF",
+    "DJIFWide",
+    "JointBilateral",
+    "Bilinear",
+    "apply_model",
 ]
