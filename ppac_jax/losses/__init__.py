@@ -4,5 +4,6 @@ One module per task; every public name is re-exported here (``from ppac_jax impo
 """
 
 from ppac_jax.losses.flow import endpoint_error, epe_loss
+from ppac_jax.losses.upsampling import center_crop, denormalize, upsampling_loss
 
-__all__ = ["endpoint_error", "epe_loss"]
+__all__ = ["endpoint_error", "epe_loss", "center_crop", "denormalize", "upsampling_loss"]
