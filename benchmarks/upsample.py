@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", nargs="+", default=["depth", "flow"], choices=["depth", "flow"])
     p.add_argument("--factors", nargs="+", type=int, default=[4, 8, 16])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=150)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--crop", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)

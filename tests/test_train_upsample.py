@@ -143,3 +143,20 @@ def test_sigkill_then_rerun_resumes_to_same_parameters(reference, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming from step" in r.stdout
     _assert_same(*reference, work, out)
+
+
+def test_benchmark_table(tmp_path, capsys):
+    from benchmarks import upsample as bench
+
+    out = tmp_path / "table.md"
+    assert bench.main(["--tasks", "depth", "--factors", "4", "--models", "Bilinear",
+                       "JointBilateral", "--steps", "1", "--height", "16", "--width", "16",
+                       "--crop", "8", "--train_scenes", "2", "--val_scenes", "1",
+                       "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| depth | x4 | Bilinear | RMSE (m)" in text and "+0.0%" in text
+    assert "| depth | x4 | JBU_9_8_0.25 |" in text and "| 81 |" in text
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+            if line.startswith("{")]
+    assert [r["model"] for r in rows] == ["Bilinear", "JointBilateral"]
+    assert rows[0]["steps"] == 0 and rows[1]["steps"] == 1

@@ -33,21 +33,21 @@ def get_config() -> ConfigDict:
         model_seed=0,
     ))
     config.train = ConfigDict(dict(
-        steps=400,
+        steps=1000,
         batch_size=8,  # global, over all devices (the original: 1)
         crop=64,  # square training crop, a multiple of factor (the original: 256)
         flip=True,
         loss="l2",  # l2 (normalised units) | epe | rmse
         seed=0,  # data order and crops
-        eval_every=200,
-        checkpoint_every=100,
+        eval_every=250,
+        checkpoint_every=250,
         log_every=10,
         eval_batch_size=8,
         num_pictures=4,
     ))
     config.optim = ConfigDict(dict(
         lr=2e-3,  # the original: 1e-4 for 5000 epochs; a short CPU run needs more
-        milestones=(300,),
+        milestones=(750,),
         gamma=0.1,
         weight_decay=0.0,
     ))
