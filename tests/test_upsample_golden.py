@@ -32,10 +32,11 @@ def _tag(name):
     return name.rsplit("_", 1)[1].split(".")[0]
 
 
-def _build(g, dtype):
+def _build(g):
+    """The model with default (float32) parameters: loading float64 weights makes it float64."""
     kwargs = {k: tuple(v) if isinstance(v, list) else v
               for k, v in g.meta["ctor_kwargs"].items()}
-    return MODELS[g.meta["model"]](g.meta["factor"], **kwargs, param_dtype=dtype)
+    return MODELS[g.meta["model"]](g.meta["factor"], **kwargs)
 
 
 def _close(actual, expected, rtol, name, *, scale=None):
@@ -60,7 +61,7 @@ def test_network_golden(name):
     g = G.Golden(name)
     tag = _tag(name)
     dtype = jnp.float64 if tag == "f64" else jnp.float32
-    model = _build(g, dtype)
+    model = _build(g)
     convert.load_torch_weights(model, state_dict(g, g["in_guide"].dtype))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     inputs = (jnp.asarray(G.nchw(g["in_target_low"])), jnp.asarray(G.nchw(g["in_guide"])))
