@@ -25,7 +25,7 @@ _F = jnp.float32
 NOT_TRACED = {"PairwiseTerm", "TermParams", "make_term"}
 # ops with no contraction (still traced: a contraction added to them must follow the policy)
 NO_CONTRACTION = {"position_features", "yxrgb_features", "crf_output", "blur_pool",
-                  "blur_upsample", "crf_edge_kernels"}
+                  "blur_upsample", "crf_edge_kernels", "resize_bilinear", "max_pool_ceil"}
 _HIGHEST = lax.Precision.HIGHEST
 
 
@@ -110,7 +110,7 @@ def _cases():
                           ("transposed", dict(stride=2, output_padding=1, transposed=True))]]
     cases["pac_kernel"].append(("smooth_input", lambda g, s: ops.pac_kernel(
         g, 3, padding=1, smooth_kernel=s)[0], (guide, _rand(6, 3, 3) ** 2)))
-    impls = ("patches", "shifted", "loop")
+    impls = ("patches", "loop")
     cases["pac_conv2d"] = [
         (f"{impl}_{'shared' if sh else 'dense'}",
          functools.partial(lambda x, k, w, impl, sh: ops.pac_conv2d(
@@ -174,6 +174,8 @@ def _cases():
     cases["crf_output"] = [("", lambda lq: ops.crf_output(lq, "softmax"), (jnp.log(q),))]
     cases["pac_crf"] = [("", lambda u, f, ps: ops.pac_crf(u, f, terms, ps, num_steps=2),
                          (jnp.log(q), feats, params))]
+    cases["resize_bilinear"] = [("", lambda v: ops.resize_bilinear(v, (13, 7)), (q,))]
+    cases["max_pool_ceil"] = [("", lambda v: ops.max_pool_ceil(v, 2, 2), (q,))]
     return cases
 
 
