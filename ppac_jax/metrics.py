@@ -196,9 +196,16 @@ class ConfusionMatrix:
         self.matrix = np.zeros((num_classes, num_classes), np.int64)
 
     def update(self, pred, labels, valid: Optional[np.ndarray] = None) -> "ConfusionMatrix":
-        """Add integer predictions and labels of equal shape (optional extra `valid` mask)."""
+        """Add integer predictions and labels of equal shape (optional extra `valid` mask).
+
+        Labels may carry a trailing axis of 1 (`[B, H, W, 1]` with `pred` `[B, H, W]`).
+        Raises ValueError for shapes that differ otherwise, or for labels / predictions outside
+        `[0, C)` that are not ignore labels.
+        """
         pred = np.asarray(pred)
         labels = np.asarray(labels)
+        if labels.shape == pred.shape + (1,):  # [B, H, W, 1] labels (PPAC's layout)
+            labels = labels[..., 0]
         if pred.shape != labels.shape:
             raise ValueError(f"pred and labels must have the same shape, got {pred.shape} and "
                              f"{labels.shape}")

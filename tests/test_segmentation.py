@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from ppac_jax import losses, metrics
-from ppac_jax.data import io, segmentation_datasets as sd
+from ppac_jax.data import io, synthetic
+from ppac_jax.data import segmentation_datasets as sd
 from ppac_jax.data import segmentation_scenes as scenes
-from ppac_jax.data import synthetic
 
 
 @functools.partial(jax.jit, static_argnames=("threshold",))
@@ -52,8 +52,8 @@ def test_cross_entropy_hand_computed_and_threshold():
     # fce_0.9: the confident pixel (p = 0.95 > 0.9) drops, mean over all 3 pixels
     np.testing.assert_allclose(losses.cross_entropy(logits, labels, threshold=0.9), ce[0] / 3,
                                rtol=1e-12)
-    # PPAC's convention: void is -1
-    np.testing.assert_allclose(losses.cross_entropy(logits, np.array([[[0, 0, -1]]]),
+    # PPAC's convention: void is -1, labels may be [B, H, W, 1]
+    np.testing.assert_allclose(losses.cross_entropy(logits, np.array([[[[0], [0], [-1]]]]),
                                                     ignore_label=-1), ce.mean(), rtol=1e-12)
     assert float(losses.cross_entropy(logits, np.full((1, 1, 3), 255))) == 0.0
 
@@ -77,6 +77,8 @@ def test_mean_class_accuracy_skips_classes_without_ground_truth():
     np.testing.assert_allclose(cm.class_accuracy(), [0.5, 1.0, np.nan])
     assert cm.mean_class_accuracy() == pytest.approx(0.75)
     assert cm.pixel_accuracy() == pytest.approx(2 / 3)
+    cm.update(np.array([[0, 1]]), np.array([[[0], [0]]]))  # labels [B, H, W, 1]
+    np.testing.assert_array_equal(cm.matrix[0], [2, 2, 0])
 
 
 # ----------------------------------------------------------------------------- scenes

@@ -54,14 +54,17 @@ LOSSES: dict[str, Loss] = {}
 
 
 def register_method(name: str, method: Method) -> None:
+    """Make ``method`` available as ``--set method=<name>``."""
     METHODS[name] = method
 
 
 def register_loss(name: str, loss: Loss) -> None:
+    """Make ``loss`` available as ``--set loss=<name>``."""
     LOSSES[name] = loss
 
 
 def get_method(name: str) -> Method:
+    """The registered method ``name``; ValueError listing the choices otherwise."""
     if name not in METHODS:
         raise ValueError(f"config field method: unknown method {name!r}; choose one of "
                          f"{', '.join(sorted(METHODS))}")
@@ -69,6 +72,7 @@ def get_method(name: str) -> Method:
 
 
 def get_loss(name: str) -> Loss:
+    """The registered loss ``name``; ValueError listing the choices otherwise."""
     if name not in LOSSES:
         raise ValueError(f"config field loss: unknown loss {name!r}; choose one of "
                          f"{', '.join(sorted(LOSSES))}")
@@ -135,6 +139,7 @@ def ppac_optimizer(config, params):
 
 
 def load_original_ppac(path, config, num_classes):
+    """An original PPacNet checkpoint (``segmentation_refinement_pascal.pth``) as a PPacNet."""
     from ppac_jax.convert import load_ppacnet
 
     return load_ppacnet(path, impl=config.model.pac_impl)

@@ -8,50 +8,15 @@ displacement HD3 actually chose (SPEC_wave2 3.7).
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-__all__ = ["align_corners_matrix", "resize_align_corners", "interpolate_probabilities",
-           "get_upsampled_probabilities_hd3"]
+from ppac_jax.ops.resample import resize_bilinear
 
-
-@functools.lru_cache(maxsize=None)
-def align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """``[n_out, n_in]`` float64 weights of 1-D linear resampling with ``align_corners=True``.
-
-    Output ``o`` reads source ``s = o (n_in - 1) / (n_out - 1)`` (``s = 0`` when ``n_out = 1``),
-    split between ``floor(s)`` and the next sample (PyTorch ``interpolate(..., 'bilinear',
-    align_corners=True)`` along one axis).
-    """
-    if n_in < 1 or n_out < 1:
-        raise ValueError(f"sizes must be >= 1, got n_in={n_in}, n_out={n_out}")
-    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
-    s = np.arange(n_out) * scale
-    i0 = np.minimum(np.floor(s).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    frac = s - i0
-    m = np.zeros((n_out, n_in))
-    np.add.at(m, (np.arange(n_out), i0), 1.0 - frac)
-    np.add.at(m, (np.arange(n_out), i1), frac)
-    return m
-
-
-def resize_align_corners(x, height: int, width: int):
-    """Bilinear resize of ``x [B, h, w, C]`` to ``[B, height, width, C]`` with align_corners=True.
-
-    Separable, differentiable, in ``x``'s dtype.
-    """
-    x = jnp.asarray(x)
-    if x.ndim != 4:
-        raise ValueError(f"x: expected [B, h, w, C], got shape {x.shape}")
-    rows = jnp.asarray(align_corners_matrix(x.shape[1], height), x.dtype)
-    cols = jnp.asarray(align_corners_matrix(x.shape[2], width), x.dtype)
-    return jnp.einsum("yh,bhwc,xw->byxc", rows, x, cols)
+__all__ = ["interpolate_probabilities", "get_upsampled_probabilities_hd3"]
 
 
 def interpolate_probabilities(flow, prob, radius: int):
@@ -76,7 +41,7 @@ def get_upsampled_probabilities_hd3(full_vect: Sequence, full_prob: Sequence, *,
                                     dtype=jnp.float32):
     """Per-level confidences of HD3 at full resolution (``prob_utils.get_upsampled_probabilities_hd3``).
 
-    For level ``l``: ``P = softmax(resize_align_corners(full_prob[l], (H, W)))`` over the
+    For level ``l``: ``P = softmax(bilinear_align_corners(full_prob[l] -> (H, W)))`` over the
     displacements; the residual ``d = full_vect[l] - full_vect[l-1]`` (``full_vect[-1] = 0``) is
     scaled to the level's grid (``u * w_l / W``, ``v * h_l / H``), clamped to ``[-r, r]``,
     rounded half to even, and ``P`` is read there (:func:`interpolate_probabilities`).
@@ -116,7 +81,7 @@ def get_upsampled_probabilities_hd3(full_vect: Sequence, full_prob: Sequence, *,
     previous = jnp.zeros_like(full_vect[0])
     for vect, prob in zip(full_vect, full_prob):
         h_l, w_l = prob.shape[1:3]
-        p = jax.nn.softmax(resize_align_corners(prob, height, width), axis=-1)
+        p = jax.nn.softmax(resize_bilinear(prob, (height, width), align_corners=True), axis=-1)
         residual = (vect - previous) * jnp.asarray([w_l / width, h_l / height], vect.dtype)
         out.append(interpolate_probabilities(residual, p, radius))
         previous = vect

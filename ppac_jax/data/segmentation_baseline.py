@@ -27,9 +27,9 @@ from flax import nnx
 from ppac_jax.data.transforms import normalize_imagenet
 from ppac_jax.losses.segmentation import cross_entropy
 from ppac_jax.nn.layers import Conv2d
+from ppac_jax.ops.resample import resize_bilinear
 
-__all__ = ["SegmenterConfig", "TinySegmenter", "upsample_bilinear", "train_segmenter",
-           "predict_logits"]
+__all__ = ["SegmenterConfig", "TinySegmenter", "train_segmenter", "predict_logits"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,19 +37,10 @@ class SegmenterConfig:
     """Width of the network, training steps, batch, learning rate and seeds."""
 
     width: int = 24
-    steps: int = 300
-    batch_size: int = 8
+    steps: int = 400
+    batch_size: int = 16
     lr: float = 3e-3
     seed: int = 0
-
-
-def upsample_bilinear(x, height: int, width: int):
-    """``[B, h, w, C]`` -> ``[B, height, width, C]`` bilinear upsampling with PyTorch's
-    ``align_corners=False`` sampling (half-pixel centres, edge clamped; no anti-aliasing is
-    involved when enlarging)."""
-    if height < x.shape[1] or width < x.shape[2]:
-        raise ValueError(f"upsample_bilinear enlarges only: {x.shape[1:3]} -> {(height, width)}")
-    return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), "bilinear")
 
 
 class TinySegmenter(nnx.Module):
@@ -86,7 +77,7 @@ class TinySegmenter(nnx.Module):
             raise ValueError(f"images: expected [B, H, W, 3] with H, W divisible by 4, got "
                              f"{images.shape}")
         low = self.low_resolution_logits(images)
-        return upsample_bilinear(low, images.shape[1], images.shape[2])
+        return resize_bilinear(low, images.shape[1:3])  # PyTorch align_corners=False
 
 
 @functools.lru_cache(maxsize=None)

@@ -41,7 +41,8 @@ def per_pixel_cross_entropy(logits, labels, *, ignore_label=255):
 
     Args:
       logits: ``[B, H, W, C]`` float class scores.
-      labels: ``[B, H, W]`` integer classes in ``[0, C)``; ``ignore_label`` marks void pixels.
+      labels: ``[B, H, W]`` (or ``[B, H, W, 1]``) integer classes in ``[0, C)``;
+        ``ignore_label`` marks void pixels.
         Other labels outside ``[0, C)`` raise when ``labels`` is concrete; under ``jit`` they
         count as ignored.
       ignore_label: the void label (pacnet 255; PPAC's loader maps 255 to -1).
@@ -55,6 +56,8 @@ def per_pixel_cross_entropy(logits, labels, *, ignore_label=255):
     """
     logits = jnp.asarray(logits)
     labels = jnp.asarray(labels)
+    if labels.ndim == 4 and labels.shape[-1] == 1:  # [B, H, W, 1] (PPAC's label layout)
+        labels = labels[..., 0]
     _check(logits, labels)
     num_classes = logits.shape[-1]
     _check_label_values(labels, num_classes, ignore_label)
@@ -71,7 +74,8 @@ def cross_entropy(logits, labels, *, ignore_label=255, threshold=None):
 
     Args:
       logits: ``[B, H, W, C]`` float class scores (NHWC).
-      labels: ``[B, H, W]`` integer labels; pixels equal to ``ignore_label`` do not count.
+      labels: ``[B, H, W]`` (or ``[B, H, W, 1]``) integer labels; pixels equal to
+        ``ignore_label`` do not count.
       ignore_label: void label: 255 for pacnet / VOC PNGs, -1 for PPAC's
         ``CrossEntropySegmentationCalculator``.
       threshold: ``None``: mean CE over the non-ignored pixels (0 when every pixel is ignored;

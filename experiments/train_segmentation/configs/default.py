@@ -30,8 +30,8 @@ def get_config() -> ConfigDict:
     ))
     config.baseline = ConfigDict(dict(
         segmenter_width=24,
-        segmenter_steps=300,
-        segmenter_batch_size=8,
+        segmenter_steps=400,
+        segmenter_batch_size=16,
         segmenter_lr=3e-3,
         segmenter_seed=0,
     ))
@@ -47,7 +47,7 @@ def get_config() -> ConfigDict:
         pac_impl="auto",  # windowed-product implementation of the PPAC layers (see README)
     ))
     config.train = ConfigDict(dict(
-        steps=300,
+        steps=400,
         batch_size=8,  # global, over all devices
         crop=(64, 64),
         flip=True,
@@ -68,7 +68,7 @@ def get_config() -> ConfigDict:
     config.optim = ConfigDict(dict(
         lr=1e-3,  # joint PPAC layers (the original's base_lr)
         preprocessing_lr=config_dict.placeholder(float),  # guidance/probability branches
-        milestones=(200,),
+        milestones=(300,),
         gamma=0.5,
         weight_decay=0.0,
         network_optimizer="adam",  # method=segmenter: adam | sgd (momentum 0.9, poly decay)
