@@ -102,14 +102,16 @@ kernel, _ = ops.pac_kernel(guide, k, padding=k // 2)
 print("guide", guide.shape, "-> kernel", kernel.shape)
 
 # three pixels, each at least half a window away from the border: the flattest, the most
-# textured, and the strongest colour edge around the flattest pixel's layer
+# textured (inside one layer), and the strongest colour edge around the flattest pixel's layer
 r = k // 2
 windows = np.lib.stride_tricks.sliding_window_view(image, (k, k), axis=(0, 1))  # [H-k+1, W-k+1, 3, k, k]
 local_std = windows.std(axis=(-1, -2)).mean(-1)
 inner = np.zeros((H, W), bool)
 inner[r:H - r, r:W - r] = True
 flat = tuple(int(v) + r for v in np.unravel_index(np.argmin(local_std), local_std.shape))
-texture = tuple(int(v) + r for v in np.unravel_index(np.argmax(local_std), local_std.shape))
+one_layer = np.lib.stride_tricks.sliding_window_view(layers, (k, k)).std(axis=(-1, -2)) == 0
+texture = tuple(int(v) + r for v in np.unravel_index(np.argmax(np.where(one_layer, local_std, -1)),
+                                                     local_std.shape))
 # the edge pixel: on the border of the flat pixel's layer, where the colour jumps the most
 own = layers == layers[flat]
 border = own & ~(np.roll(own, 1, 0) & np.roll(own, -1, 0) & np.roll(own, 1, 1) & np.roll(own, -1, 1))
@@ -347,7 +349,8 @@ axes[0].plot([h[0] for h in history], [h[1] for h in history], "o-")
 axes[0].set_xlabel("sigma_colour")
 axes[0].set_ylabel("PSNR (dB)")
 axes[0].set_title("gradient descent on the colour bandwidth")
-axes[1].imshow(np.linalg.norm(np.asarray(guide_grad), axis=-1), cmap="magma")
+grad_norm = np.linalg.norm(np.asarray(guide_grad), axis=-1)
+axes[1].imshow(grad_norm, cmap="magma", vmax=np.percentile(grad_norm, 99))
 axes[1].set_title("|d loss / d guidance image|")
 axes[1].axis("off")
 fig.tight_layout()
