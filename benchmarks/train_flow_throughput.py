@@ -24,17 +24,16 @@ def main(argv=None):
 
     import jax
 
-    from experiments.configs.flow import get_config
-    from experiments.train_flow import make_model_factory, train_config
+    from experiments.train_flow.configs import default
+    from experiments.train_flow.train import make_model_factory, train_config
     from ppac_jax.train import Trainer
     from ppac_jax.train.flow import FlowRefinementTask
 
     print(f"{jax.device_count()} x {jax.devices()[0].platform} device(s); global batch {a.batch_size}")
     print(f"{'crop':>10} {'compile s':>10} {'s/step':>8} {'pixels/s':>10}")
     for h, w in crops:
-        import dataclasses
-
-        cfg = dataclasses.replace(get_config("default"), pac_impl=a.pac_impl, batch_size=a.batch_size)
+        cfg = default.get_config()
+        cfg.model.pac_impl, cfg.train.batch_size = a.pac_impl, a.batch_size
         rng = np.random.default_rng(0)
         n = 4
         data = {"image1": rng.uniform(size=(n, h, w, 3)).astype(np.float32),

@@ -9,33 +9,54 @@ import optax
 import pytest
 from flax import nnx
 
-from experiments.configs.flow import PRESETS, FlowConfig, get_config
-from experiments.configs.overrides import apply_overrides
+from ppac_jax.train import cli
 from ppac_jax.data.transforms import log_confidence, normalize_imagenet, random_crop_batch
 from ppac_jax.losses import endpoint_error, epe_loss
 from ppac_jax.train import Checkpointer, OptimConfig, check_batch_size, make_mesh, make_optimizer
 
 
-def test_overrides_parse_by_type():
-    cfg = apply_overrides(FlowConfig(), ["steps=7", "config.lr=0.5", "crop=16,24", "flip=false",
-                                         "branch_lr=none", "milestones=3,5,9", "dataset=lists"])
-    assert (cfg.steps, cfg.lr, cfg.crop, cfg.flip, cfg.branch_lr) == (7, 0.5, (16, 24), False, None)
-    assert cfg.milestones == (3, 5, 9) and cfg.dataset == "lists"
+FLOW_CONFIGS = "experiments.train_flow.configs"
+
+
+def _parse(*argv):
+    return cli.parse_flags(list(argv), prog="test", description="", configs=FLOW_CONFIGS,
+                           default_workdir="w")
+
+
+def test_overrides_parse_by_type_by_field_name_or_path():
+    cfg, opts = _parse("--smoke", "--set", "steps=7", "--config.lr=0.5", "--set", "crop=16,24",
+                       "--config.train.flip=false", "--config.optim.milestones", "3,5,9",
+                       "--set", "data.dataset=lists", "--evaluate_only")
+    assert (cfg.train.steps, cfg.optim.lr, cfg.train.crop, cfg.train.flip) == (7, 0.5, (16, 24),
+                                                                             False)
+    assert cfg.optim.milestones == (3, 5, 9) and cfg.data.dataset == "lists"
+    assert cfg.data.height == 32 and opts.preset == "smoke" and opts.evaluate_only
+    assert _parse()[0].data.height == 96 and _parse()[1].preset == "default"
     with pytest.raises(ValueError, match="unknown config field 'stepz'"):
-        apply_overrides(FlowConfig(), ["stepz=1"])
-    with pytest.raises(ValueError, match="steps"):
-        apply_overrides(FlowConfig(), ["steps=many"])
-    with pytest.raises(ValueError, match="crop"):
-        apply_overrides(FlowConfig(), ["crop=1,2,3"])
+        _parse("--set", "stepz=1")
+    with pytest.raises(ValueError, match="config field train.steps"):
+        _parse("--set", "steps=many")
     with pytest.raises(ValueError, match="unknown preset"):
-        get_config("huge")
+        _parse("--preset", "huge")
+    with pytest.raises(ValueError, match="unrecognized argument: --bogus"):
+        _parse("--bogus")
+
+
+def test_ambiguous_field_names_need_a_path():
+    from ml_collections import ConfigDict
+
+    config = ConfigDict(dict(a=dict(seed=1), b=dict(seed=2, lr=0.1)))
+    assert cli.resolve_field(config, "lr") == "b.lr"
+    assert cli.resolve_field(config, "a.seed") == "a.seed"
+    with pytest.raises(ValueError, match="ambiguous: use one of a.seed, b.seed"):
+        cli.resolve_field(config, "seed")
 
 
 @pytest.mark.parametrize("name", ["smoke", "default"])
 def test_presets_fit_1_2_4_8_devices(name):
-    cfg = PRESETS[name]
-    assert all(cfg.batch_size % n == 0 for n in (1, 2, 4, 8))
-    assert cfg.height % 16 == 0 and cfg.width % 16 == 0
+    cfg = cli.load_config(FLOW_CONFIGS, name)
+    assert all(cfg.train.batch_size % n == 0 for n in (1, 2, 4, 8))
+    assert cfg.data.height % 16 == 0 and cfg.data.width % 16 == 0
 
 
 def test_batch_size_error_says_how_to_fix():
@@ -53,9 +74,10 @@ class _Net(nnx.Module):
         self.layers_joint = nnx.Param(jnp.ones((2,)))
 
 
-def test_optimizer_schedule_and_branch_learning_rate():
+def test_optimizer_schedule_and_group_learning_rate():
     _, params = nnx.split(_Net(), nnx.Param)
-    tx = make_optimizer(OptimConfig(lr=1.0, branch_lr=0.1, milestones=(2,), gamma=0.5), params)
+    tx = make_optimizer(OptimConfig(lr=1.0, group_lr=(("network_guidance", 0.1),),
+                                    milestones=(2,), gamma=0.5), params)
     state = tx.init(params)
     grads = jax.tree_util.tree_map(jnp.ones_like, params)
     steps = []
@@ -121,7 +143,7 @@ def test_input_transforms():
 
 def test_checkpointer_keeps_latest_and_best(tmp_path):
     state = {"a": jnp.arange(3.0), "b": {"c": jnp.ones((2, 2))}}
-    ck = Checkpointer(str(tmp_path))
+    ck = Checkpointer(str(tmp_path), metric="aee")
     ck.save(1, state, metrics={"aee": 2.0})
     ck.save(2, jax.tree_util.tree_map(lambda x: x * 2, state), metrics={"aee": 1.0})
     ck.save(3, jax.tree_util.tree_map(lambda x: x * 3, state), metrics={"aee": 5.0})

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from experiments import train_flow
+from experiments.train_flow import main as train_flow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,8 +44,10 @@ def _check_exported_weights_load_for_refine(work):
     """WORKDIR/export/ppacnet.pth holds trained weights; refine loads them from the workdir."""
     import numpy as np
 
-    from experiments import refine, train_flow
+    from experiments import refine
+    from experiments.train_flow import train
     from ppac_jax import convert
+    from ppac_jax.train import cli
 
     net = refine.load_model(str(work))
     exported = convert.export_torch_weights(net)
@@ -54,8 +56,8 @@ def _check_exported_weights_load_for_refine(work):
     for name, value in exported.items():
         np.testing.assert_array_equal(np.asarray(again[name]), value)
     # Same architecture and seed as the run, before training: the export is not the init.
-    args = train_flow.parse_args(["--workdir", str(work), "--smoke"])
-    initial = convert.export_torch_weights(train_flow.make_model_factory(train_flow._config(args))())
+    config = cli.load_config("experiments.train_flow.configs", "smoke")
+    initial = convert.export_torch_weights(train.make_model_factory(config)())
     assert set(initial) == set(exported)
     assert any(not np.allclose(initial[k], exported[k]) for k in exported)
 
@@ -63,7 +65,9 @@ def _check_exported_weights_load_for_refine(work):
 @pytest.mark.parametrize("argv, message", [
     (["--preset", "huge"], "unknown preset"),
     (["--smoke", "--set", "stepz=3"], "unknown config field 'stepz'"),
-    (["--smoke", "--set", "batch_size=three"], "config field batch_size"),
+    (["--smoke", "--set", "batch_size=three"], "config field train.batch_size"),
+    (["--smoke", "--set", "crop=1,2,3"], "config field train.crop"),
+    (["--smoke", "--bogus"], "unrecognized argument: --bogus"),
     (["--smoke", "--pretrained", "/nonexistent/x.pth"], "no such file"),
     (["--smoke", "--set", "dataset=lists"], "needs --set train_list"),
 ])

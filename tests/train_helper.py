@@ -42,7 +42,8 @@ def make_task(data, steps, *, step_sleep=0.0, hook=None):
     task = SlowTask(lambda: TinyRefiner(levels, nnx.Rngs(0)), train, val, batch_size=8,
                     crop=(16, 16), seed=1, num_pictures=1)
     cfg = TrainConfig(steps=steps, batch_size=8, eval_every=4, checkpoint_every=1, log_every=1,
-                      optim=OptimConfig(lr=1e-2, branch_lr=5e-3, milestones=(2,), gamma=0.5),
+                      optim=OptimConfig(lr=1e-2, group_lr=(("network_guidance", 5e-3),),
+                                        milestones=(2,), gamma=0.5),
                       progress=False)
     return task, cfg
 

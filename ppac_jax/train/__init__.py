@@ -1,6 +1,6 @@
 """Generic training infrastructure: mesh/sharding, optimiser, loop, checkpoints, metric files."""
 
-from ppac_jax.train.checkpoint import Checkpointer
+from ppac_jax.train.checkpoint import Checkpointer, restore_params
 from ppac_jax.train.loop import Task, TrainConfig, Trainer, train_and_evaluate
 from ppac_jax.train.state import (OptimConfig, batch_sharding, check_batch_size, make_mesh,
                                   make_optimizer, replicated, shard_batch, split_model)
@@ -8,4 +8,4 @@ from ppac_jax.train.writer import MetricWriter
 
 __all__ = ["Checkpointer", "MetricWriter", "OptimConfig", "Task", "TrainConfig", "Trainer",
            "batch_sharding", "check_batch_size", "make_mesh", "make_optimizer", "replicated",
-           "shard_batch", "split_model", "train_and_evaluate"]
+           "restore_params", "shard_batch", "split_model", "train_and_evaluate"]

@@ -7,7 +7,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpointer"]
+__all__ = ["Checkpointer", "restore_params"]
 
 
 def _flat(tree):
@@ -25,7 +25,7 @@ class Checkpointer:
     waiting on each other's barriers.
     """
 
-    def __init__(self, workdir: str, *, metric: str = "aee", mode: str = "min"):
+    def __init__(self, workdir: str, *, metric: str = "loss", mode: str = "min"):
         self.workdir = os.path.abspath(workdir)
         self.metric = metric
         self.latest = ocp.CheckpointManager(
@@ -68,3 +68,27 @@ class Checkpointer:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def restore_params(trainer, path: str, *, log=print) -> str:
+    """Load the parameters of a ppac-jax workdir into ``trainer`` (its best, else latest, step).
+
+    ``trainer`` is a :class:`ppac_jax.train.Trainer`; its task's ``best_metric`` names the best
+    checkpoint. Returns ``"best"`` or ``"latest"``.
+
+    Raises:
+      FileNotFoundError: ``path`` has neither ``best/`` nor ``checkpoints/`` with a checkpoint.
+    """
+    for sub in ("best", "checkpoints"):
+        folder = os.path.join(path, sub)
+        if os.path.isdir(folder) and os.listdir(folder):
+            metric, mode = trainer.task.best_metric
+            ck = Checkpointer(path, metric=metric, mode=mode)
+            which = "best" if sub == "best" else "latest"
+            state = ck.restore(trainer.state, best=which == "best")
+            ck.close()
+            trainer.state = dict(trainer.state, params=state["params"])
+            log(f"loaded {which} ppac-jax checkpoint from {path}")
+            return which
+    raise FileNotFoundError(f"--pretrained {path}: neither an original weights file nor a "
+                            "workdir with checkpoints/ or best/")

@@ -54,6 +54,10 @@ class FlowRefinementTask:
         self.eval_batch_size = eval_batch_size
         self.pixels_per_example = self.crop[0] * self.crop[1]
 
+    best_metric = ("aee", "min")
+    # the guidance and probability branches may train with their own learning rate
+    branch_names = ("network_guidance", "network_prob")
+
     def init_model(self):
         return self.make_model()
 

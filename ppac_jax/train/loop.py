@@ -43,7 +43,12 @@ class TrainConfig:
 
 
 class Task(Protocol):
+    """What a task gives the loop. ``best_metric`` = (evaluation key, "min" or "max") picks the
+    best checkpoint. Optionally ``make_optimizer(params) -> optax.GradientTransformation``
+    replaces the Adam of ``TrainConfig.optim`` (e.g. parameter groups, gradient ascent)."""
+
     pixels_per_example: int
+    best_metric: tuple[str, str]
 
     def init_model(self) -> nnx.Module: ...
 
@@ -89,7 +94,8 @@ class Trainer:
         check_batch_size(config.batch_size, self.mesh)
         model = task.init_model()
         self.graphdef, params, self.rest = split_model(model)
-        self.tx = make_optimizer(config.optim, params)
+        custom = getattr(task, "make_optimizer", None)
+        self.tx = custom(params) if custom is not None else make_optimizer(config.optim, params)
         state = {"params": params, "opt_state": self.tx.init(params),
                  "step": jnp.zeros((), jnp.int32)}
         rep = replicated(self.mesh)
@@ -146,12 +152,14 @@ def train_and_evaluate(task: Task, config: TrainConfig, workdir: str, *, resume:
     """Train ``task`` for ``config.steps`` steps in ``workdir``; returns the last evaluation.
 
     Resumes from ``workdir/checkpoints`` when it holds a checkpoint (and ``resume``). Evaluates
-    every ``eval_every`` steps and at the end, keeping the best checkpoint by ``aee``.
+    every ``eval_every`` steps and at the end, keeping the best checkpoint by the task's
+    ``best_metric``.
     ``init(trainer)`` (e.g. loading pretrained weights) runs when not resuming. Pass your own
     ``trainer`` (built from the same task and config) to inspect its state afterwards.
     """
     trainer = Trainer(task, config) if trainer is None else trainer
-    ckpt = Checkpointer(workdir)
+    metric, mode = task.best_metric
+    ckpt = Checkpointer(workdir, metric=metric, mode=mode)
     writer = MetricWriter(workdir)
     is_main = jax.process_index() == 0
     if resume and ckpt.latest_step() is not None:

@@ -23,14 +23,14 @@ __all__ = ["OptimConfig", "make_mesh", "replicated", "batch_sharding", "shard_ba
 class OptimConfig:
     """Adam with a multi-step schedule: ``lr * gamma**(number of milestones passed)``.
 
-    Parameters whose path contains one of ``branch_names`` (the guidance/probability branches
-    of a refinement net) use ``branch_lr`` instead of ``lr``. ``weight_decay`` is added to the
-    gradient (L2, as in ``torch.optim.Adam``).
+    ``group_lr`` holds ``(name, lr)`` pairs: parameters whose path passes through a module or
+    attribute called ``name`` use that learning rate instead of ``lr`` (the task decides the
+    groups, e.g. the guidance and probability branches of a refinement net).
+    ``weight_decay`` is added to the gradient (L2, as in ``torch.optim.Adam``).
     """
 
     lr: float = 1e-3
-    branch_lr: float | None = None
-    branch_names: tuple[str, ...] = ("network_guidance", "network_prob")
+    group_lr: tuple[tuple[str, float], ...] = ()
     milestones: tuple[int, ...] = ()
     gamma: float = 0.5
     weight_decay: float = 0.0
@@ -99,16 +99,18 @@ def make_optimizer(config: OptimConfig, params) -> optax.GradientTransformation:
         parts.append(optax.adam(schedule(lr)))
         return optax.chain(*parts)
 
+    groups = {name: lr for name, lr in config.group_lr if lr != config.lr}
+
     def label(path, _):
         names = [str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path]
-        return "branch" if any(n in config.branch_names for n in names) else "main"
+        return next((n for n in names if n in groups), "main")
 
-    if config.branch_lr is None or config.branch_lr == config.lr:
+    if not groups:
         tx = adam(config.lr)
     else:
         labels = jax.tree_util.tree_map_with_path(label, params)
-        tx = optax.multi_transform({"main": adam(config.lr), "branch": adam(config.branch_lr)},
-                                   labels)
+        tx = optax.multi_transform({"main": adam(config.lr),
+                                    **{name: adam(lr) for name, lr in groups.items()}}, labels)
     if config.skip_nonfinite:
         tx = optax.apply_if_finite(tx, max_consecutive_errors=100)
     return tx

@@ -1,0 +1,1 @@
+"""``python -m experiments.train_flow``: PPAC flow refinement (see ``main.py``)."""
