@@ -94,7 +94,8 @@ print(f"baseline AEE on the held-out scenes {report['aee']:.3f} px (zero flow: "
       f"Spearman {report['spearman']:.2f} (negative = confident where accurate)")
 
 # %%
-i = 0  # the scene shown in every picture below
+# the scene shown in every picture below: the one where the baseline is worst
+i = int(np.argmax(metrics.epe(val_data["estimate"], val_data["flow"], val_data["valid"])))
 scene = {k: v[i] for k, v in val_data.items()}
 max_flow = float(np.abs(scene["flow"]).max()) + 1e-6
 epe_in = float(metrics.epe(scene["estimate"], scene["flow"]))
