@@ -276,10 +276,10 @@ for name, (a, b) in pac_vs_plain(feat, weight).items():
 # Guide = pixel position / `sigma_space` and colour / `sigma_colour`; `pac_pool2d` with the
 # normalised kernel is a joint bilateral filter. With `sigma_colour = inf` the colour features
 # are all 0 and it is a plain Gaussian blur (the same compiled function serves both). Both use
-# the same 9x9 window on a noisy copy of the picture.
+# the same window (9x9; 5x5 in the tests' small mode) on a noisy copy of the picture.
 
 # %%
-def smooth(noisy, sigma_colour, guide_image=None, sigma_space=3.0, size=9):
+def smooth(noisy, sigma_colour, guide_image=None, sigma_space=3.0, size=5 if SMALL else 9):
     """Normalised PAC pooling of `noisy` [H, W, 3], guided by position and colour (of
     `guide_image`, default `noisy` itself). sigma_colour = inf: a plain Gaussian blur."""
     h, w, _ = noisy.shape
@@ -332,7 +332,7 @@ value_and_grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
 optimizer = optax.adam(0.1)
 log_sigma, history = jnp.log(0.5), []
 opt_state = optimizer.init(log_sigma)
-for step in range(5 if SMALL else 25):
+for step in range(3 if SMALL else 25):
     value, (g, _) = value_and_grads(log_sigma, noisy, noisy, clean)  # guided by itself
     history.append((float(jnp.exp(log_sigma)), float(-10 * jnp.log10(value))))
     updates, opt_state = optimizer.update(g, opt_state)

@@ -73,7 +73,8 @@ def test_notebook_runs_in_small_mode_and_saves_pictures(script, tmp_path):
     out = tmp_path / "pictures"
     out.mkdir()
     env = dict(os.environ, PYTHONPATH=str(ROOT), PPAC_NOTEBOOK_SMALL="1",
-               PPAC_NOTEBOOK_OUT=str(out), MPLBACKEND="Agg")
+               PPAC_NOTEBOOK_OUT=str(out), MPLBACKEND="Agg",
+               TMPDIR=str(tmp_path))  # the notebooks' training workdirs (tempfile) go here
     checkpoint = _checkpoint()
     if checkpoint is not None:
         env["PPAC_SINTEL_CHECKPOINT"] = str(checkpoint)
