@@ -62,7 +62,7 @@ OUT = os.environ.get("PPAC_NOTEBOOK_OUT")  # also save every figure here (used b
 def show(fig, name):
     """Display a figure (and save it as OUT/name.png when PPAC_NOTEBOOK_OUT is set)."""
     if OUT:
-        fig.savefig(os.path.join(OUT, f"{name}.png"), dpi=72)
+        fig.savefig(os.path.join(OUT, f"{name}.png"), dpi=72, bbox_inches="tight")
     plt.show()
     plt.close(fig)
 
