@@ -251,8 +251,8 @@ class PacConv2d(_PacConvBase):
       rngs: for the random fillers; default ``nnx.Rngs(0)``.
       param_dtype: dtype of the parameters.
       impl: ``"auto"`` (default) or ``"fused"``: with a guide, the adapting kernel is computed
-        inside the tap loop (``ops.fused_*``), never materialised; ``"patches"``, ``"shifted"``
-        or ``"loop"``: ``ops.pac_kernel`` first, then that implementation of the PAC op (also
+        inside the tap loop (``ops.fused_*``), never materialised; ``"patches"`` or
+        ``"loop"``: ``ops.pac_kernel`` first, then that implementation of the PAC op (also
         what a precomputed ``kernel=`` or a ``mask`` uses, with ``"auto"`` for ``"fused"``).
 
     Call: ``layer(x [B,H,W,Cin], guide [B,H,W,D])`` -> ``[B,Ho,Wo,Cout]``;

@@ -156,18 +156,6 @@ def tap_slice(x_pad, tap: Pair, out_size: Pair, stride: Pair, dilation: Pair):
     return lax.slice(x_pad, start, limit, (1, stride[0], stride[1], 1))
 
 
-def scatter_tap(update, padded_shape: Sequence[int], tap: Pair, stride: Pair, dilation: Pair):
-    """Adjoint of :func:`tap_slice`: place ``update`` ``[B, Ho, Wo, C]`` on the padded grid."""
-    i, j = tap
-    ho, wo = update.shape[1], update.shape[2]
-    lo = (i * dilation[0], j * dilation[1])
-    hi = (padded_shape[1] - lo[0] - (ho - 1) * stride[0] - 1,
-          padded_shape[2] - lo[1] - (wo - 1) * stride[1] - 1)
-    zero = jnp.zeros((), update.dtype)
-    return lax.pad(update, zero, [(0, 0, 0), (lo[0], hi[0], stride[0] - 1),
-                                  (lo[1], hi[1], stride[1] - 1), (0, 0, 0)])
-
-
 def taps(kernel_size: Pair) -> Iterator[Pair]:
     """All window offsets in row-major order (the order of the kernel's ``kh, kw`` axes)."""
     for i in range(kernel_size[0]):
