@@ -140,7 +140,7 @@ crop = (32, 32) if SMALL else (48, 48)
 
 def make_model():
     return PPacNet(5, 7, "pp", True, (5, 5, 5, 2), (3, 15, 15, 10), (2, 2, 2),
-                   rngs=nnx.Rngs(0), impl="patches")  # "patches": fastest on small crops
+                   rngs=nnx.Rngs(0))
 
 
 task = FlowRefinementTask(make_model, train_data, val_data, batch_size=batch, crop=crop,
