@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["epe", "outlier_rate", "aee", "rmse", "confusion_matrix", "iou_from_confusion",
-           "miou_from_confusion", "ConfusionMatrix", "IGNORE_LABELS"]
+           "miou_from_confusion", "class_accuracy_from_confusion",
+           "mean_class_accuracy_from_confusion", "ConfusionMatrix", "IGNORE_LABELS"]
 
 # Labels excluded from segmentation metrics.
 IGNORE_LABELS = (255, -1)
@@ -151,6 +152,24 @@ def iou_from_confusion(matrix) -> np.ndarray:
         return np.where(union > 0, intersection / union, np.nan)
 
 
+def class_accuracy_from_confusion(matrix) -> np.ndarray:
+    """Per-class accuracy `[C]` = diag / row sum (rows: ground truth); NaN without ground truth."""
+    matrix = np.asarray(matrix, np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"matrix: expected a square [C, C] matrix, got {matrix.shape}")
+    rows = matrix.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(rows > 0, np.diag(matrix) / rows, np.nan)
+
+
+def mean_class_accuracy_from_confusion(matrix) -> float:
+    """Mean per-class accuracy over the classes with ground truth (pacnet ``macc``, skipping)."""
+    acc = class_accuracy_from_confusion(matrix)
+    if np.all(np.isnan(acc)):
+        raise ValueError("matrix: no class has ground truth (nothing counted)")
+    return float(np.nanmean(acc))
+
+
 def miou_from_confusion(matrix) -> float:
     """Mean IoU over classes with a non-empty union."""
     iou = iou_from_confusion(matrix)
@@ -175,9 +194,16 @@ class ConfusionMatrix:
         self.matrix = np.zeros((num_classes, num_classes), np.int64)
 
     def update(self, pred, labels, valid: Optional[np.ndarray] = None) -> "ConfusionMatrix":
-        """Add integer predictions and labels of equal shape (optional extra `valid` mask)."""
+        """Add integer predictions and labels of equal shape (optional extra `valid` mask).
+
+        Labels may carry a trailing axis of 1 (`[B, H, W, 1]` with `pred` `[B, H, W]`).
+        Raises ValueError for shapes that differ otherwise, or for labels / predictions outside
+        `[0, C)` that are not ignore labels.
+        """
         pred = np.asarray(pred)
         labels = np.asarray(labels)
+        if labels.shape == pred.shape + (1,):  # [B, H, W, 1] labels (PPAC's layout)
+            labels = labels[..., 0]
         if pred.shape != labels.shape:
             raise ValueError(f"pred and labels must have the same shape, got {pred.shape} and "
                              f"{labels.shape}")
@@ -214,7 +240,20 @@ class ConfusionMatrix:
         return miou_from_confusion(self.matrix)
 
     def pixel_accuracy(self) -> float:
+        """Fraction of counted pixels predicted correctly (pacnet ``acc``: trace / total)."""
         total = self.matrix.sum()
         if total == 0:
             raise ValueError("no pixel counted yet")
         return float(np.trace(self.matrix) / total)
+
+    def class_accuracy(self) -> np.ndarray:
+        """Per-class recall ``[C]`` (diagonal / ground-truth count), NaN without ground truth."""
+        return class_accuracy_from_confusion(self.matrix)
+
+    def mean_class_accuracy(self) -> float:
+        """Mean per-class accuracy (pacnet ``macc``) over the classes that have ground truth.
+
+        pacnet's ``seg_measures`` averages 0/0 = NaN for a class without ground truth (its bug,
+        SPEC_wave2 2.9); ppac-jax skips such classes, as ``miou`` skips empty unions.
+        """
+        return mean_class_accuracy_from_confusion(self.matrix)
