@@ -4,6 +4,11 @@
     python -m experiments.train_segmentation --workdir /tmp/smoke --smoke  # seconds
     python -m experiments.train_segmentation --workdir runs/seg --set steps=600 --set lr=2e-3
     python -m experiments.train_segmentation --workdir runs/seg --evaluate_only --save_refined
+    python -m experiments.train_segmentation --workdir runs/paccrf --set method=paccrf
+    python -m experiments.train_segmentation --workdir runs/hs --set method=hotswap \
+        --set "crop=(96,128)"
+    python -m experiments.train_segmentation --workdir runs/fcn --set method=paccrf \
+        --set backbone=fcn8s --set width=0.0625
     python -m experiments.train_segmentation --preset pascal --workdir runs/voc \
         --set data_root=VOC2012 --set train_list=train.txt --set val_list=val.txt \
         --set logits_root=deeplab_logits

@@ -34,12 +34,15 @@ class Method:
       groups, frozen parts); default: Adam at ``optim.lr`` with ``optim.milestones``.
     load_original: optional ``(path, config, num_classes) -> nnx.Module`` reading an original
       weight file (e.g. ``.pth``) for ``--pretrained``; its params replace the trainer's.
+    uses_data_info: ``build`` also takes ``info=`` (the data's info dict, e.g. the trained
+      baseline segmenter ``info["segmenter"]`` of the synthetic data).
     """
 
     build: Callable[[Any, int], Any]
     forward: Callable[[Any, dict], Any]
     make_optimizer: Optional[Callable[[Any, Any], Any]] = None
     load_original: Optional[Callable[[str, Any, int], Any]] = None
+    uses_data_info: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,3 +169,8 @@ def make_cross_entropy(config):
 
 
 register_loss("ce", Loss(make=make_cross_entropy))
+
+
+from experiments.train_segmentation import pac_methods  # noqa: E402  (paccrf, hotswap)
+
+pac_methods.register(__import__(__name__, fromlist=["register_method"]))

@@ -65,7 +65,9 @@ def build_task(cfg, workdir, log=print, *, evaluate_only=False):
     num_classes = info["num_classes"]
     t = cfg.train
     make_opt = (functools.partial(method.make_optimizer, cfg) if method.make_optimizer else None)
-    task = SegmentationTask(functools.partial(method.build, cfg, num_classes), method.forward,
+    build = (functools.partial(method.build, cfg, num_classes, info=info)
+             if method.uses_data_info else functools.partial(method.build, cfg, num_classes))
+    task = SegmentationTask(build, method.forward,
                             loss.make(cfg), train, val, num_classes=num_classes,
                             batch_size=t.batch_size, crop=t.crop, seed=t.seed, flip=t.flip,
                             ignore_label=cfg.data.ignore_label, num_pictures=t.num_pictures,

@@ -140,7 +140,8 @@ def synthetic_segmentation_data(*, height: int, width: int, num_segmenter_scenes
 
     Returns:
       ``train`` and ``val`` dicts of stacked arrays (``KEYS``), ``info`` dict (``num_classes``,
-      ``class_names``, the baseline's final training loss).
+      ``class_names``, the baseline's final training loss, ``segmenter``: the trained baseline
+      :class:`TinySegmenter` itself, for methods that build on it).
     """
     scene_config = scene_config or SegmentationSceneConfig()
     segmenter = segmenter or SegmenterConfig()
@@ -154,13 +155,15 @@ def synthetic_segmentation_data(*, height: int, width: int, num_segmenter_scenes
     path = None
     if cache_dir:
         key = _digest(height, width, {k: (v.start, v.stop) for k, v in seeds.items()},
-                      repr(scene_config), dataclasses.astuple(segmenter), 1)
+                      repr(scene_config), dataclasses.astuple(segmenter), 2)
         path = os.path.join(cache_dir, f"segmentation_{height}x{width}_{key}.npz")
         if os.path.exists(path):
             with np.load(path) as f:
                 train = {k: f["train_" + k] for k in KEYS}
                 val = {k: f["val_" + k] for k in KEYS}
                 info["baseline_loss"] = float(f["baseline_loss"])
+                info["segmenter"] = _segmenter_from_arrays(
+                    f, num_classes, segmenter.width)
             if log:
                 log(f"read cached scenes and baseline logits from {path}")
             return train, val, info
@@ -172,6 +175,7 @@ def synthetic_segmentation_data(*, height: int, width: int, num_segmenter_scenes
     net, loss = train_segmenter(scenes["segmenter"]["image"], scenes["segmenter"]["labels"],
                                 num_classes=num_classes, config=segmenter, log=log)
     info["baseline_loss"] = loss
+    info["segmenter"] = net
     out = []
     for split in ("train", "val"):
         s = scenes[split]
@@ -181,9 +185,28 @@ def synthetic_segmentation_data(*, height: int, width: int, num_segmenter_scenes
         os.makedirs(cache_dir, exist_ok=True)
         tmp = path + ".tmp.npz"
         np.savez(tmp, baseline_loss=loss, **{f"train_{k}": v for k, v in out[0].items()},
-                 **{f"val_{k}": v for k, v in out[1].items()})
+                 **{f"val_{k}": v for k, v in out[1].items()}, **_segmenter_arrays(net))
         os.replace(tmp, path)
         if log:
             log(f"cached scenes and baseline logits in {path}")
     return out[0], out[1], info
 
+
+
+def _segmenter_arrays(net) -> dict:
+    """The baseline's parameters as ``{"segmenter/<path>": array}`` (for the cache file)."""
+    from flax import nnx
+
+    return {"segmenter/" + "/".join(map(str, path)): np.asarray(v.get_value())
+            for path, v in nnx.to_flat_state(nnx.state(net, nnx.Param))}
+
+
+def _segmenter_from_arrays(f, num_classes: int, width: int):
+    from flax import nnx
+
+    from ppac_jax.data.segmentation_baseline import TinySegmenter
+
+    net = TinySegmenter(num_classes, width)
+    for path, v in nnx.to_flat_state(nnx.state(net, nnx.Param)):
+        v.set_value(np.asarray(f["segmenter/" + "/".join(map(str, path))]))
+    return net

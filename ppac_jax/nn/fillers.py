@@ -190,7 +190,32 @@ def crf_perturbed_weight(rng, in_channels: int, out_channels: int, kernel_size: 
     return base.astype(dtype) + scale * noise
 
 
+def upsampling_weight(in_channels: int, out_channels: int, kernel_size: int) -> np.ndarray:
+    """Bilinear initialisation of FCN-8s' transposed convolutions (fcn8s ``get_upsampling_weight``).
+
+    ``F = (k + 1) // 2``, centre ``c = F - 1`` (odd ``k``) or ``F - 0.5`` (even ``k``),
+    ``filt[a, b] = (1 - |a - c| / F) * (1 - |b - c| / F)``, placed on the channel diagonal
+    (``weight[:, :, i, i] = filt`` for ``i < min(in, out)``), zero elsewhere.
+
+    Returns:
+      ``[k, k, in_channels, out_channels]`` float32 (HWIO; the original's ``[in, out, k, k]``).
+    """
+    in_channels = _positive(in_channels, "in_channels")
+    out_channels = _positive(out_channels, "out_channels")
+    k = _positive(kernel_size, "kernel_size")
+    factor = (k + 1) // 2
+    centre = factor - 1 if k % 2 == 1 else factor - 0.5
+    r = np.arange(k, dtype=np.float64)
+    taps = 1 - np.abs(r - centre) / factor
+    filt = np.outer(taps, taps)
+    weight = np.zeros((k, k, in_channels, out_channels), np.float64)
+    n = min(in_channels, out_channels)
+    weight[:, :, np.arange(n), np.arange(n)] = filt[:, :, None]
+    return weight.astype(np.float32)
+
+
 __all__ = [
+    "upsampling_weight",
     "gaussian_2d",
     "crf_weight",
     "crf_pool_weight",

@@ -11,8 +11,10 @@ from ml_collections import ConfigDict, config_dict
 
 def get_config() -> ConfigDict:
     config = ConfigDict()
-    config.method = "ppac"
+    config.method = "ppac"  # ppac | paccrf | hotswap
     config.loss = "ce"
+    config.backbone = "baseline"  # paccrf / hotswap: the built-in baseline segmenter, or fcn8s
+    config.width = 0.0625  # FCN-8s width multiplier (backbone=fcn8s; 1 = the real VGG widths)
     config.data = ConfigDict(dict(
         dataset="synthetic",  # synthetic | voc (list file + images + label PNGs + logits .npy)
         height=96,  # synthetic scene size (divisible by 4)
@@ -45,6 +47,17 @@ def get_config() -> ConfigDict:
         shared_filters=True,
         model_seed=0,
         pac_impl="auto",  # windowed-product implementation of the PPAC layers (see README)
+        # method=paccrf: the CRF part of a pacnet model name (steps, loose, pairwise kernels)
+        crf="crfi5p4d5161p4d541",
+        backbone_fraction=0.4,  # backbone=fcn8s: share of the steps training the FCN first
+        head_fraction=0.5,  # share of the (remaining) steps training the CRF head alone
+        head_lr=1e-3,  # pacnet stage 1 (frozen backbone)
+        joint_lr=1e-4,  # joint stage (pacnet: 1e-7 for VOC from caffe weights, too small here)
+        # method=hotswap: PAC layers of the baseline segmenter, their guide and its scale
+        hotswap_layers=("layers.2", "layers.3", "layers.4"),
+        guide_from="layers.0",
+        guide_scale=0.3,
+        hotswap_lr=5e-5,  # fine-tuning a trained network: small steps (best with full-image crops)
     ))
     config.train = ConfigDict(dict(
         steps=400,
