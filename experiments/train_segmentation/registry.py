@@ -174,3 +174,5 @@ register_loss("ce", Loss(make=make_cross_entropy))
 from experiments.train_segmentation import pac_methods  # noqa: E402  (paccrf, hotswap)
 
 pac_methods.register(__import__(__name__, fromlist=["register_method"]))
+
+from experiments.train_segmentation import aaf as _aaf  # noqa: E402,F401  (segmenter, affinity, aaf)

@@ -72,7 +72,8 @@ def build_task(cfg, workdir, log=print, *, evaluate_only=False):
                             batch_size=t.batch_size, crop=t.crop, seed=t.seed, flip=t.flip,
                             ignore_label=cfg.data.ignore_label, num_pictures=t.num_pictures,
                             eval_batch_size=t.eval_batch_size, make_optimizer=make_opt,
-                            class_names=info.get("class_names"))
+                            class_names=info.get("class_names"),
+                            boundary_width=cfg.aaf.boundary_width)
     return task, method, info
 
 
@@ -148,10 +149,14 @@ def export_weights(trainer, workdir, log=print):
 
 
 def _summary(m, n_val, elapsed):
+    boundary = ""
+    if "boundary_miou" in m:
+        boundary = (f"; boundary mIoU {100 * m['boundary_miou_input']:.2f} -> "
+                    f"{100 * m['boundary_miou']:.2f}")
     return (f"baseline mIoU {100 * m['miou_input']:.2f} -> refined mIoU {100 * m['miou']:.2f} "
             f"({100 * m['miou_gain']:+.2f} points; pixel accuracy "
-            f"{100 * m['pixel_accuracy_input']:.2f}% -> {100 * m['pixel_accuracy']:.2f}%) on "
-            f"{n_val} held-out images, {elapsed:.0f} s")
+            f"{100 * m['pixel_accuracy_input']:.2f}% -> {100 * m['pixel_accuracy']:.2f}%"
+            f"{boundary}) on {n_val} held-out images, {elapsed:.0f} s")
 
 
 def train_and_evaluate(config, workdir: str, options=None, log=print) -> dict:
@@ -197,7 +202,13 @@ def train_and_evaluate(config, workdir: str, options=None, log=print) -> dict:
         if metrics.get("interrupted"):
             return metrics
         load(trainer, workdir)  # the best checkpoint
-        if is_main:
+        if is_main and config.method == "segmenter":
+            from experiments.train_segmentation.aaf import write_size_weights
+
+            if config.loss == "aaf":
+                metrics["size_weights"] = write_size_weights(
+                    trainer.model(), workdir, info.get("class_names"), log)
+        elif is_main:
             export_weights(trainer, workdir, log)
     if options.extra.get("save_refined"):
         save_refined(task, trainer, workdir, log, write=is_main)

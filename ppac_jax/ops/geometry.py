@@ -214,3 +214,33 @@ def strip_fresh_rows(strip, start, rows):
     """``[rows]`` bool: the rows of strip ``strip`` (starting at ``start``) that no earlier
     strip covers (all but the moved-up last strip's overlap)."""
     return start + jnp.arange(rows) >= strip * rows
+
+
+def ring_taps() -> Tuple[Pair, ...]:
+    """The 8 taps of a 3x3 window without its centre, row-major: the "eight corners" ring.
+
+    Dilated by ``size`` they are the offsets ``(dy, dx)`` in ``{-size, 0, size}^2 \\ {(0, 0)}``
+    used by the affinity field losses (Ke et al. ECCV 2018); tap ``k`` and tap ``7 - k`` are
+    mirror images (``d_{7-k} = -d_k``).
+    """
+    return tuple(t for t in taps((3, 3)) if t != (1, 1))
+
+
+def ring_neighbours(x, size: int, *, pad_value=0, mode: str = "constant"):
+    """The 8 ring neighbours at distance ``size`` of every pixel.
+
+    x: ``[B, H, W, C]`` -> ``[B, H, W, C, 8]`` with ``out[b, y, x, c, k] = x[b, y + dy_k,
+    x + dx_k, c]``, ``d_k = (tap_k - 1) * size`` in :func:`ring_taps` order. Off-image
+    neighbours read ``pad_value`` (``mode="constant"``) or the nearest border pixel
+    (``mode="edge"``). The adjoint (gradient) adds back into ``x``; padding gets none.
+    """
+    if mode == "edge":
+        x_pad = jnp.pad(x, [(0, 0), (size, size), (size, size), (0, 0)], mode="edge")
+    elif mode == "constant":
+        pad = jnp.asarray(pad_value, x.dtype)
+        x_pad = lax.pad(x, pad, [(0, 0, 0), (size, size, 0), (size, size, 0), (0, 0, 0)])
+    else:
+        raise ValueError(f"mode must be 'constant' or 'edge', got {mode!r}")
+    out_size = (x.shape[1], x.shape[2])
+    return jnp.stack([tap_slice(x_pad, t, out_size, (1, 1), (size, size)) for t in ring_taps()],
+                     axis=-1)

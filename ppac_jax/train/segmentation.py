@@ -76,6 +76,8 @@ class SegmentationTask:
       make_optimizer: optional ``params -> optax.GradientTransformation`` (parameter groups,
         frozen parts); without it the loop's Adam of ``TrainConfig.optim`` is used.
       class_names: optional names for the per-class IoU of the evaluation.
+      boundary_width: the evaluation's ``boundary_miou`` counts pixels within this many pixels
+        of a ground-truth boundary (``metrics.boundary_band``).
     """
 
     best_metric = ("miou", "max")
@@ -85,7 +87,7 @@ class SegmentationTask:
                  seed: int = 0, flip: bool = True, ignore_label: int = 255,
                  num_pictures: int = 4, eval_batch_size: int = 4,
                  make_optimizer: Optional[Callable] = None,
-                 class_names: Optional[Sequence[str]] = None):
+                 class_names: Optional[Sequence[str]] = None, boundary_width: int = 3):
         self.make_model = make_model
         self.forward = forward
         self.loss_fn = loss_fn
@@ -100,6 +102,7 @@ class SegmentationTask:
         self.num_pictures = num_pictures
         self.eval_batch_size = eval_batch_size
         self.class_names = tuple(class_names) if class_names else None
+        self.boundary_width = int(boundary_width)
         self.pixels_per_example = self.crop[0] * self.crop[1]
         if make_optimizer is not None:
             self.make_optimizer = make_optimizer
@@ -110,8 +113,11 @@ class SegmentationTask:
     def train_batch(self, step: int) -> dict:
         """The global batch of ``step``: a pure function of (seed, step)."""
         rng = np.random.default_rng([self.seed, int(step)])
-        return random_crop_samples(self.train_data, rng, batch_size=self.batch_size,
-                                   crop=self.crop, flip=self.flip, ignore_label=self.ignore_label)
+        batch = random_crop_samples(self.train_data, rng, batch_size=self.batch_size,
+                                    crop=self.crop, flip=self.flip, ignore_label=self.ignore_label)
+        # per example, so it shards like the rest: losses with a step schedule (AAF's decay)
+        batch["step"] = np.full(self.batch_size, step, np.int32)
+        return batch
 
     def predict(self, model, batch):
         return self.forward(model, batch)
@@ -146,6 +152,8 @@ class SegmentationTask:
         (streaming confusion matrices over the validation set); writes picture panels."""
         before = seg_metrics.ConfusionMatrix(self.num_classes)
         after = seg_metrics.ConfusionMatrix(self.num_classes)
+        band_before = seg_metrics.ConfusionMatrix(self.num_classes)
+        band_after = seg_metrics.ConfusionMatrix(self.num_classes)
         seen = 0
         write = workdir is not None and jax.process_index() == 0
         for samples, refined in self.refine_all(predict):
@@ -154,6 +162,9 @@ class SegmentationTask:
             pred_out = np.argmax(refined, -1)
             before.update(pred_in, labels)
             after.update(pred_out, labels)
+            band = np.asarray(seg_metrics.boundary_band(labels, width=self.boundary_width))
+            band_before.update(pred_in, labels, valid=band)
+            band_after.update(pred_out, labels, valid=band)
             for i in range(len(labels)):
                 if write and seen + i < self.num_pictures:
                     self._panel(workdir, step, seen + i, samples["image"][i], pred_in[i],
@@ -165,6 +176,9 @@ class SegmentationTask:
                "mean_class_accuracy_input": before.mean_class_accuracy(),
                "mean_class_accuracy": after.mean_class_accuracy()}
         out["miou_gain"] = out["miou"] - out["miou_input"]
+        if band_after.matrix.any():  # mIoU within boundary_width px of the true boundaries
+            out["boundary_miou_input"] = band_before.miou()
+            out["boundary_miou"] = band_after.miou()
         if self.class_names:
             for name, iou in zip(self.class_names, after.iou()):
                 if np.isfinite(iou):

@@ -71,11 +71,19 @@ def get_config() -> ConfigDict:
         eval_batch_size=8,
         num_pictures=4,
     ))
+    config.aaf = ConfigDict(dict(  # loss=affinity|aaf (aaf.py); the original's defaults
+        margin=3.0,
+        lambda_edge=1.0,
+        lambda_not_edge=1.0,
+        tables_lr=0.1,  # gradient ascent of the AAF size-weight tables (momentum SGD, poly)
+        boundary_width=3,  # evaluation: boundary_miou within this many pixels of the boundaries
+    ))
     config.optim = ConfigDict(dict(
         lr=1e-3,  # joint PPAC layers (the original's base_lr)
         preprocessing_lr=config_dict.placeholder(float),  # guidance/probability branches
         milestones=(300,),
         gamma=0.5,
         weight_decay=0.0,
+        network_optimizer="adam",  # method=segmenter: adam | sgd (momentum 0.9, poly decay)
     ))
     return config
