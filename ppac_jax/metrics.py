@@ -15,7 +15,7 @@ from jax import lax
 __all__ = ["epe", "outlier_rate", "aee", "rmse", "confusion_matrix", "iou_from_confusion",
            "miou_from_confusion", "class_accuracy_from_confusion",
            "mean_class_accuracy_from_confusion", "ConfusionMatrix", "IGNORE_LABELS",
-           "boundary_band"]
+           "boundary_band", "upsampling_rmse", "upsampling_epe"]
 
 # Labels excluded from segmentation metrics.
 IGNORE_LABELS = (255, -1)
@@ -298,3 +298,82 @@ def boundary_band(labels, *, width: int = 3):
                                      (1, size, size), ones,
                                      ((0, 0), (width, width), (width, width)))
     return boundary if labels.ndim == 3 else boundary[0]
+
+# ---------------------------------------------------------------------------------------------
+# joint upsampling (NVlabs/pacnet task_jointUpsampling/models.py th_rmse / th_epe)
+
+
+def _safe_sqrt(sq):
+    """sqrt with a zero (not infinite) derivative at 0."""
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def _upsampling_args(pred, gt, name):
+    pred = jnp.asarray(pred)
+    gt = jnp.asarray(gt)
+    if pred.shape != gt.shape or pred.ndim != 4:
+        raise ValueError(f"{name}: pred and gt must be equal [B, H, W, C] shapes, got "
+                         f"{pred.shape} and {gt.shape}")
+    return pred, gt
+
+
+def upsampling_rmse(pred, gt):
+    """Joint-upsampling RMSE, the original's ``th_rmse`` (SPEC_wave2.md 1.7).
+
+    ``mean_b sqrt(sum_c mean_{y,x} (pred - gt)^2)``: per-image RMSE with the channels summed
+    inside the root, averaged over the batch. In the target's units (NYU depth: metres).
+    Differentiable; the gradient is 0 (not NaN) for an image with zero error.
+
+    Args:
+      pred, gt: ``[B, H, W, C]``.
+
+    Returns:
+      Scalar.
+
+    Raises:
+      ValueError: shapes differ or are not rank 4.
+    """
+    pred, gt = _upsampling_args(pred, gt, "upsampling_rmse")
+    diff = pred - gt
+    per_image = jnp.sum(jnp.mean(diff * diff, axis=(1, 2)), axis=-1)
+    return jnp.mean(_safe_sqrt(per_image))
+
+
+def upsampling_epe(pred, gt, small_flow: float = -1.0, unknown_flow_thresh: float = 1e7):
+    """Joint-upsampling flow end-point error, the original's ``th_epe`` (SPEC_wave2.md 1.7).
+
+    1. positions where ``|gt_u|`` or ``|gt_v|`` exceeds ``unknown_flow_thresh`` get error 0
+       but stay in the mean (the original's rule; the inputs are never modified);
+    2. ``e = ||pred - gt||_2`` per position;
+    3. with ``small_flow >= 0`` only positions with ``|gt_u| > small_flow`` or
+       ``|gt_v| > small_flow`` are kept (which also drops the unknown positions);
+    4. the mean of ``e`` over all kept ``B*H*W`` positions (0 when none is kept).
+
+    Values at unknown positions (also inf / NaN) change neither the value nor the gradient.
+    The gradient is 0 (not NaN) where the error is 0.
+
+    Args:
+      pred, gt: ``[B, H, W, 2]`` flow in pixels.
+      small_flow: threshold of step 3; negative disables it.
+      unknown_flow_thresh: threshold of step 1.
+
+    Returns:
+      Scalar EPE in pixels.
+
+    Raises:
+      ValueError: shapes differ, are not rank 4, or ``C != 2``.
+    """
+    pred, gt = _upsampling_args(pred, gt, "upsampling_epe")
+    if pred.shape[-1] != 2:
+        raise ValueError(f"upsampling_epe: expected [B, H, W, 2] flow, got {pred.shape}")
+    unknown = jnp.any(~(jnp.abs(gt) <= unknown_flow_thresh), axis=-1, keepdims=True)
+    gt = jnp.where(unknown, 0.0, gt).astype(gt.dtype)
+    pred = jnp.where(unknown, 0.0, pred).astype(pred.dtype)
+    diff = pred - gt
+    err = _safe_sqrt(jnp.sum(diff * diff, axis=-1))
+    if small_flow < 0:
+        return jnp.mean(err)
+    keep = jnp.any(jnp.abs(gt) > small_flow, axis=-1)
+    total = jnp.sum(jnp.where(keep, err, 0.0))
+    return total / jnp.maximum(jnp.sum(keep), 1).astype(err.dtype)

@@ -89,3 +89,41 @@ def test_estimator_validates_inputs():
         estimate_flow(img, img)
     with pytest.raises(ValueError, match="image1"):
         estimate_flow(img[..., :2], img[..., :2])
+
+
+# sha256 of every pre-depth output (sorted keys, raw bytes), computed with the generator at
+# main 0f47f0e before depth was added: depth must not change any other output
+_PRE_DEPTH_HASHES = {
+    (0, 96, 128): "8a2cd31fcf5b8a70e29d8c5f4699eebd5cab5e431afea4a54ce669da914354a9",
+    (3, 96, 128): "17eb011ea9689868b9be48121ad79e5e5abbd6d27c63a9b9008b54a7d42beb2f",
+    (7, 48, 64): "2854ce195cb3dc7e596c20743cc1749a58ee147277dbeac417e36309dd0e82ce",
+    (123, 64, 80): "2fe994dc9cabbe989c263839698d7c3d07c69bd7e6b3518ff526445ff58dbec6",
+}
+
+
+@pytest.mark.parametrize("seed, height, width", sorted(_PRE_DEPTH_HASHES))
+def test_depth_leaves_other_outputs_unchanged(seed, height, width):
+    import hashlib
+    scene = make_scene(seed, height=height, width=width)
+    digest = hashlib.sha256()
+    for key in ("flow", "image1", "image2", "layer", "occlusion"):
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(scene[key]).tobytes())
+    assert digest.hexdigest() == _PRE_DEPTH_HASHES[(seed, height, width)]
+
+
+def test_depth_is_per_layer_planes_with_background_farthest():
+    for seed in range(3):
+        scene = make_scene(seed, height=H, width=W)
+        depth, layer = scene["depth"], scene["layer"]
+        assert depth.shape == (H, W) and depth.dtype == np.float32
+        background = layer == 0
+        assert background.any() and (~background).any()
+        assert depth[background].min() > depth[~background].max()
+        assert 1.0 * 0.75 <= depth.min() and depth.max() <= 10.0 * 1.15
+        for k in np.unique(layer):        # a plane: second differences vanish inside a layer
+            m = layer == k
+            inner = m[:, 1:-1] & m[:, :-2] & m[:, 2:]
+            d2 = depth[:, 2:] - 2 * depth[:, 1:-1] + depth[:, :-2]
+            assert np.abs(d2[inner]).max(initial=0) < 1e-4
+        assert not np.array_equal(depth, make_scene(seed + 10, height=H, width=W)["depth"])

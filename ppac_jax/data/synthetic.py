@@ -13,6 +13,10 @@ Everything is numpy, deterministic from the seed, and independent of the rest of
     scene = make_scene(seed=3, height=96, width=128)
     scene["image1"]  # [H, W, 3] float32 in [0, 1]
     scene["flow"]    # [H, W, 2] float32, (u, v) = (dx, dy) from frame 1 to frame 2
+    scene["depth"]   # [H, W] float32 metres: each layer a slanted plane, background farthest
+
+Depth is drawn from its own generator (``default_rng([seed, 1])``), so adding it left every
+other output of a seed unchanged.
 """
 
 from __future__ import annotations
@@ -169,7 +173,8 @@ def make_scene(seed: int, *, height: int = 96, width: int = 128,
     Returns a dict with ``image1``, ``image2`` ([H, W, 3] float32 in [0, 1]), ``flow``
     ([H, W, 2] float32 (u, v) from frame 1 to frame 2, exact for every pixel), ``occlusion``
     ([H, W] bool: the frame-1 pixel is hidden or outside the image in frame 2) and ``layer``
-    ([H, W] int32: index of the visible layer in frame 1, 0 = background).
+    ([H, W] int32: index of the visible layer in frame 1, 0 = background) and ``depth``
+    ([H, W] float32 metres in frame 1, see :func:`_layer_depth`).
     """
     if height < 16 or width < 16:
         raise ValueError(f"height and width must be >= 16, got {(height, width)}")
@@ -208,7 +213,32 @@ def make_scene(seed: int, *, height: int = 96, width: int = 128,
         covers = layers[k].inside(cx, cy) & (owner < k)
         occluded |= covers
     return {"image1": images[0], "image2": images[1], "flow": flow,
-            "occlusion": occluded, "layer": owner}
+            "occlusion": occluded, "layer": owner,
+            "depth": _layer_depth(seed, layers, owner, x, y)}
+
+
+def _layer_depth(seed, layers, owner, x, y) -> np.ndarray:
+    """Frame-1 depth [H, W] float32 in metres: layer k is the plane
+    ``d_k (1 + a_k (x - c_x) / W + b_k (y - c_y) / H)`` about its centre ``c``.
+
+    The background sits at 8-10 m with slopes |a|, |b| <= 0.15 (so at >= 6.8 m everywhere), the
+    foreground layers at 1-5 m with slopes <= 0.25 (so at <= 6.25 m), their centre distances
+    decreasing from back to front. Drawn from ``default_rng([seed, 1])``.
+    """
+    rng = np.random.default_rng([seed, 1])
+    height, width = owner.shape
+    n = len(layers) - 1
+    distances = np.concatenate([[rng.uniform(8.0, 10.0)],
+                                np.sort(rng.uniform(1.0, 5.0, n))[::-1]])
+    slopes = rng.uniform(-1, 1, (n + 1, 2)) * np.where(np.arange(n + 1) == 0, 0.15, 0.25)[:, None]
+    depth = np.zeros((height, width), np.float32)
+    for k, layer in enumerate(layers):
+        m = owner == k
+        if m.any():
+            rel = (slopes[k, 0] * (x[m] - layer.centre[0]) / width
+                   + slopes[k, 1] * (y[m] - layer.centre[1]) / height)
+            depth[m] = distances[k] * (1.0 + rel)
+    return depth
 
 
 def make_scenes(seeds, *, height: int = 96, width: int = 128,

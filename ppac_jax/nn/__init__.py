@@ -9,6 +9,8 @@ from ppac_jax.nn.hot_swap import GuideChannel, HotSwappedPacConv2d, hot_swap, se
 from ppac_jax.nn.crf_models import (ModelWithConvCrf, ModelWithCrf, create_model, freeze,
                                     loose_state_dict, parse_model_name)
 from ppac_jax.nn.segment import ConvTranspose2d, FCN8s, FCN8sAltPad, FCN8sPac
+from ppac_jax.nn.upsample import (DJIF, Bilinear, DJIFWide, JointBilateral, PacJointUpsample,
+                                  PacJointUpsampleLite, apply_model)
 
 __all__ = [
     "fillers",
@@ -38,4 +40,11 @@ __all__ = [
     "freeze",
     "loose_state_dict",
     "parse_model_name",
+    "PacJointUpsample",
+    "PacJointUpsampleLite",
+    "DJIF",
+    "DJIFWide",
+    "JointBilateral",
+    "Bilinear",
+    "apply_model",
 ]

@@ -1,0 +1,1 @@
+"""Joint upsampling with PAC (PacJointUpsample and its baselines): ``python -m experiments.train_upsample``."""
