@@ -371,7 +371,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if args.render is not None:
-        with open(args.render) as fh:
+        with open(args.render, encoding="utf-8-sig") as fh:
             rows = json.load(fh)["rows"]
         print(format_table(rows))
         print()
@@ -445,7 +445,7 @@ def main(argv=None):
     except Exception:  # pragma: no cover - reporting only
         pass
     if args.json:
-        with open(args.json, "w") as fh:
+        with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(dict(meta=meta, rows=rows), fh, indent=1)
         print(f"\nwrote {args.json}")
 

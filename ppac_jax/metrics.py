@@ -2,6 +2,8 @@
 
 `epe`, `outlier_rate`, `rmse` and `confusion_matrix` are jax.numpy functions (jit-able, work on
 NumPy inputs too); `aee` and `ConfusionMatrix` accumulate over a data set in NumPy.
+Masked metrics select their inputs with the mask before any arithmetic, so NaN/inf under the
+mask changes neither a value nor a gradient.
 """
 
 from __future__ import annotations
@@ -39,18 +41,26 @@ def _flow_args(pred, gt, valid):
         if valid.shape != pred.shape[:-1]:
             raise ValueError(f"valid: expected shape {pred.shape[:-1]}, got {valid.shape}")
         valid = valid.astype(bool)
+    # select before arithmetic: non-finite values under the mask reach no value or gradient
+    pred = jnp.where(valid[..., None], pred, 0)
+    gt = jnp.where(valid[..., None], gt, 0)
     return pred, gt, valid
 
 
 def _per_image_mean(values, valid):
-    """Mean of `values` over valid pixels per image (axes -2, -1); NaN when none is valid."""
+    """Mean of `values` over valid pixels per image (axes -2, -1); NaN when none is valid.
+
+    `values` must already be finite under the mask (callers select their inputs first)."""
     total = jnp.sum(jnp.where(valid, values, 0), axis=(-2, -1))
     return total / jnp.sum(valid, axis=(-2, -1))
 
 
 def _error(pred, gt):
     diff = (pred - gt).astype(jnp.promote_types(pred.dtype, jnp.float32))
-    return jnp.sqrt(jnp.sum(diff * diff, axis=-1))
+    sq = jnp.sum(diff * diff, axis=-1)
+    # sqrt has an infinite derivative at 0 (every masked pixel): keep the gradient finite
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1)), 0)
 
 
 def epe(pred, gt, valid=None):
@@ -114,6 +124,8 @@ def rmse(pred, target, valid=None):
     valid = jnp.asarray(valid).astype(bool)
     if valid.shape != pred.shape[:-1]:
         raise ValueError(f"valid: expected shape {pred.shape[:-1]}, got {valid.shape}")
+    pred = jnp.where(valid[..., None], pred, 0)
+    target = jnp.where(valid[..., None], target, 0)
     diff = (pred - target).astype(jnp.promote_types(pred.dtype, jnp.float32))
     return jnp.sqrt(_per_image_mean(jnp.mean(diff * diff, axis=-1), valid))
 
@@ -137,7 +149,9 @@ def confusion_matrix(pred, labels, *, num_classes: int):
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     labels = labels.astype(jnp.int32)
     keep = (labels >= 0) & (labels < num_classes)
-    index = jnp.where(keep, labels * num_classes + pred.astype(jnp.int32), 0)
+    labels = jnp.where(keep, labels, 0)
+    pred = jnp.where(keep, pred, 0).astype(jnp.int32)
+    index = labels * num_classes + pred
     counts = jnp.bincount(index.ravel(), weights=keep.ravel().astype(jnp.int32),
                           length=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes).astype(jnp.int32)

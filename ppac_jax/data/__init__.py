@@ -1,5 +1,4 @@
-"""Data: file formats (``io``), synthetic scenes, baselines, datasets, transforms and per-task
-input pipelines.
+"""Data: file formats (``io``), synthetic scenes, baselines, datasets and per-task inputs.
 
 Re-exported here: HD3's confidence upsampling (``get_upsampled_probabilities_hd3``) and the
 joint-upsampling inputs (``get_lowres``, ``AssembleJointUpsamplingInputs``).
@@ -8,5 +7,5 @@ joint-upsampling inputs (``get_lowres``, ``AssembleJointUpsamplingInputs``).
 from ppac_jax.data.hd3 import get_upsampled_probabilities_hd3, interpolate_probabilities
 from ppac_jax.data.upsampling import AssembleJointUpsamplingInputs, get_lowres
 
-__all__ = ["get_upsampled_probabilities_hd3", "interpolate_probabilities",
-           "AssembleJointUpsamplingInputs", "get_lowres"]
+__all__ = ["AssembleJointUpsamplingInputs", "get_lowres", "get_upsampled_probabilities_hd3",
+           "interpolate_probabilities"]

@@ -19,5 +19,5 @@ __all__ = ["AAF_SIZES", "AffinityTerms", "TrainingLossTerms", "aaf_training_loss
            "affinity_training_terms", "cross_entropy", "edges_from_label",
            "eightcorner_activation", "eightway_activation", "endpoint_error", "epe_loss",
            "ignores_from_label", "per_pixel_cross_entropy", "safe_log_softmax_probabilities",
-           "segmentation_refinement_loss", "shrink_labels", "center_crop", "denormalize",
-           "upsampling_loss"]
+           "segmentation_refinement_loss", "shrink_labels", "center_crop",
+           "denormalize", "upsampling_loss"]

@@ -33,6 +33,7 @@ from ppac_jax import ops
 from ppac_jax.nn import fillers
 from ppac_jax.ops.geometry import as_pair
 from ppac_jax.ops.kernel import parse_kernel_type
+from ppac_jax.ops.precision import matmul_precision
 
 IntOrPair = Union[int, Sequence[int]]
 
@@ -533,7 +534,7 @@ class Conv2d(nnx.Module):
             x.astype(dtype), w.astype(dtype), self.stride,
             [(p, p) for p in self.padding], rhs_dilation=self.dilation,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            precision=lax.Precision.HIGHEST)
+            precision=matmul_precision())
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y

@@ -18,6 +18,7 @@ from ppac_jax.ops import geometry as geo
 from ppac_jax.ops import tap_loop
 from ppac_jax.ops.kernel import KERNEL_TYPES, _check_inv_param, centre_features, compute_dtype
 from ppac_jax.ops.pac import _add_bias, _check_weight
+from ppac_jax.ops.precision import matmul_precision
 from ppac_jax.ops.prob import _check_weight_norm, _divide, _summed_exp, check_confidence
 
 
@@ -41,7 +42,19 @@ def fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilati
 
     Returns:
       ``y [B, Ho, Wo, Cout]``, or ``(y, output_mask [B, Ho, Wo, 1])`` when ``mask`` is given.
+
+    A normalised gaussian kernel is computed in a stable form (its exponent shifted by the
+    window maximum): float32 gradients stay finite where the raw kernel's window sum
+    underflows.
     """
+    return _fused_pac_conv2d(x, guide, weight, bias, stride, padding, dilation, shared_filters,
+                             kernel_type, asym, inv_alpha, inv_lambda, smooth_kernel, normalize,
+                             mask)
+
+
+def _fused_pac_conv2d(x, guide, weight, bias, stride, padding, dilation, shared_filters,
+                      kernel_type, asym, inv_alpha, inv_lambda, smooth_kernel, normalize, mask,
+                      counted=None):
     geo.check_rank(x, 4, "x", "B, H, W, Cin")
     geo.check_rank(guide, 4, "guide", "B, H, W, D")
     if guide.shape[:3] != x.shape[:3]:
@@ -55,7 +68,7 @@ def fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilati
         in_size=x.shape[1:3], stride=s, unpadded=(x, pads) if s == (1, 1) else None)
     return _fused(sources, weight, bias, k, out_size, d, shared_filters,
                   _kernel_options(kernel_type, asym, inv_alpha, inv_lambda, guide.shape[-1]),
-                  smooth_kernel, normalize, mask)
+                  smooth_kernel, normalize, mask, counted)
 
 
 def fused_pac_conv_transpose2d(x, guide, weight, bias=None, *, stride=1, padding=0,
@@ -79,6 +92,8 @@ def fused_pac_conv_transpose2d(x, guide, weight, bias=None, *, stride=1, padding
 
     Returns:
       ``y [B, Ho, Wo, Cout]``, or ``(y, output_mask [B, Ho, Wo, 1])`` when ``mask`` is given.
+
+    A normalised gaussian kernel is computed in a stable form, as in :func:`fused_pac_conv2d`.
     """
     geo.check_rank(x, 4, "x", "B, h, w, Cin")
     geo.check_rank(guide, 4, "guide", "B, Ho, Wo, D")
@@ -115,6 +130,10 @@ def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, 
 
     Returns:
       ``[B, Ho, Wo, Cout]``.
+
+    With a gaussian kernel, numerator and denominator use the kernel with its exponent shifted
+    by its maximum over the window taps of non-zero confidence (the ratio is unchanged, up to
+    the 1e-20 floor), so float32 gradients stay finite where the raw kernel underflows.
     """
     check_confidence(x, confidence)
     _check_weight(weight, x.shape[-1], shared_filters)
@@ -122,12 +141,13 @@ def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, 
     channels = x.shape[-1]
     norm_weight = _summed_exp(weight_norm)                      # [kh, kw, 1, O or 1]
     stacked = jnp.concatenate([x * confidence, confidence.astype(x.dtype)], axis=-1)
+    counted = lax.stop_gradient(confidence > 0)
     if shared_filters:
         # Per-channel filters: W for the C numerator channels, exp-sum for the confidence.
         w = jnp.concatenate([jnp.broadcast_to(weight, (*weight.shape[:2], 1, channels)),
                              norm_weight.astype(weight.dtype)], axis=-1)
         y = _fused_depthwise(stacked, guide, w, stride, padding, dilation, kernel_type, asym,
-                             inv_alpha, inv_lambda, smooth_kernel)
+                             inv_alpha, inv_lambda, smooth_kernel, counted)
         numerator, denominator = y[..., :channels], y[..., channels:]
     else:
         out = weight.shape[-1]
@@ -135,10 +155,9 @@ def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, 
         bottom = jnp.concatenate([jnp.zeros((*weight.shape[:2], 1, out), weight.dtype),
                                   norm_weight.astype(weight.dtype)], -1)
         w = jnp.concatenate([top, bottom], axis=2)               # [kh, kw, C + 1, 2 O]
-        y = fused_pac_conv2d(stacked, guide, w, stride=stride, padding=padding,
-                             dilation=dilation, kernel_type=kernel_type, asym=asym,
-                             inv_alpha=inv_alpha, inv_lambda=inv_lambda,
-                             smooth_kernel=smooth_kernel)
+        y = _fused_pac_conv2d(stacked, guide, w, None, stride, padding, dilation, False,
+                              kernel_type, asym, inv_alpha, inv_lambda, smooth_kernel, False,
+                              None, counted)
         numerator, denominator = y[..., :out], y[..., out:]
     return _divide(numerator, denominator, bias)
 
@@ -170,7 +189,9 @@ def _kernel_options(kernel_type, asym, inv_alpha, inv_lambda, depth):
 
 
 def _fused(src: _Sources, weight, bias, k, out_size, d, shared_filters, kopts, smooth_kernel,
-           normalize, mask):
+           normalize, mask, counted=None):
+    """``counted``: optional ``[B, h_in, w_in, 1]`` map, > 0 where an input sample counts for the
+    stable shift of a gaussian kernel (normalised ops: the valid samples)."""
     kernel_type, asym, params = kopts
     x = src.x_pad
     batch, channels = x.shape[0], x.shape[-1]
@@ -210,6 +231,13 @@ def _fused(src: _Sources, weight, bias, k, out_size, d, shared_filters, kopts, s
                          kernel_type=kernel_type, asym=asym, with_sum=normalize,
                          centre_tap=-1 if centre is not None else (k[0] // 2) * k[1] + k[1] // 2)
     ph = lambda a: tap_loop.to_phases(a, src.stride)
+    if normalize:
+        counted = valid
+    elif counted is not None:
+        counted = src.pad(counted.astype(dtype))
+    if kernel_type == "gaussian" and counted is not None:
+        centre, plan = _shift_kernel(guide, guide_padded, centre, ph(guide_padded), ph(counted),
+                                     k, out_size, src.stride, d, gp, plan)
     x_src, guide_src, valid_src = x, guide_padded, valid
     if src.unpadded is not None:
         # The loop pads x, the guide and the validity itself (identical zero padding).
@@ -232,8 +260,20 @@ def _fused(src: _Sources, weight, bias, k, out_size, d, shared_filters, kopts, s
     return y, output_mask
 
 
+def _shift_kernel(guide, guide_padded, centre, guide_ph, counted_ph, k, out_size, stride, d,
+                  guide_pad, plan):
+    """``(centre with a last channel m, plan)`` for the stable gaussian window sums: the
+    exponent is shifted by its maximum over the counted taps (tap_loop.window_min_distance).
+    The centre then comes as an array (one ``[B, Ho, Wo, D + 1]`` buffer)."""
+    if centre is None:
+        centre = centre_features(guide, guide_padded, k, out_size, stride, d, guide_pad)
+    shift = tap_loop.window_min_distance(guide_ph, counted_ph, centre, plan)
+    centre = jnp.concatenate([centre, lax.stop_gradient(shift)[..., None]], axis=-1)
+    return centre, plan._replace(shifted=True, centre_tap=-1)
+
+
 def _fused_depthwise(x, guide, weight, stride, padding, dilation, kernel_type, asym, inv_alpha,
-                     inv_lambda, smooth_kernel):
+                     inv_lambda, smooth_kernel, counted=None):
     """Fused PAC with one filter per channel: weight ``[kh, kw, 1, C]`` -> ``[B, Ho, Wo, C]``."""
     k = geo.check_kernel_size(weight.shape[:2], "weight kernel size (weight.shape[:2])")
     geo.check_rank(guide, 4, "guide", "B, H, W, D")
@@ -255,6 +295,10 @@ def _fused_depthwise(x, guide, weight, stride, padding, dilation, kernel_type, a
                          asym=asym,
                          centre_tap=-1 if centre is not None else (k[0] // 2) * k[1] + k[1] // 2)
     ph = lambda a: tap_loop.to_phases(a, s)
+    if kernel_type == "gaussian" and counted is not None:
+        counted = geo.pad_spatial(counted.astype(dtype), pads)
+        centre, plan = _shift_kernel(guide, guide_padded, centre, ph(guide_padded), ph(counted),
+                                     k, out_size, s, d, p, plan)
     u, _ = tap_loop.window_sum(ph(geo.pad_spatial(x.astype(dtype), pads)), ph(guide_padded), None,
                                centre, weight.reshape(k[0] * k[1], -1).astype(dtype),
                                tuple(jnp.asarray(q, dtype) for q in params), plan)
@@ -266,5 +310,5 @@ def _window_count(padded, k, out_size, stride, dilation):
     ones = jnp.ones((*k, 1, 1), padded.dtype)
     count = lax.conv_general_dilated(
         padded, ones, stride, "VALID", rhs_dilation=dilation,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=lax.Precision.HIGHEST)
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=matmul_precision())
     return count[:, :out_size[0], :out_size[1]]

@@ -13,6 +13,8 @@ from typing import Iterator, Sequence, Tuple, Union
 import jax.numpy as jnp
 from jax import lax
 
+from ppac_jax.ops.precision import matmul_precision
+
 IntOrPair = Union[int, Sequence[int]]
 Pair = Tuple[int, int]
 
@@ -172,7 +174,7 @@ def extract_windows(x_pad, kernel_size: Pair, out_size: Pair, stride: Pair, dila
     b, _, _, c = x_pad.shape
     patches = lax.conv_general_dilated_patches(
         x_pad, kernel_size, stride, "VALID", rhs_dilation=dilation,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=lax.Precision.HIGHEST)
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=matmul_precision())
     patches = patches[:, :out_size[0], :out_size[1]]
     # The patch axis is ordered (C, kh, kw).
     patches = patches.reshape(b, out_size[0], out_size[1], c, kernel_size[0], kernel_size[1])

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops import tap_loop
 from ppac_jax.ops.kernel import compute_dtype
+from ppac_jax.ops.precision import matmul_precision
 
 IMPLS = ("auto", "patches", "loop")
 # `auto` uses `patches` only while its window tensor stays this small (bytes).
@@ -214,8 +215,8 @@ def _patches_product(x_pad, kernel, weight, g: _Geometry):
     windows = geo.extract_windows(x_pad, g.kernel_size, g.out_size, g.stride, g.dilation)
     weighted = windows * (kernel if g.channel_wise else kernel[..., None])
     if g.dense:
-        return jnp.einsum("bhwijc,ijco->bhwo", weighted, weight)
-    return jnp.einsum("bhwijc,ij->bhwc", weighted, weight)
+        return jnp.einsum("bhwijc,ijco->bhwo", weighted, weight, precision=matmul_precision())
+    return jnp.einsum("bhwijc,ij->bhwc", weighted, weight, precision=matmul_precision())
 
 
 def _loop_product(x_pad, kernel, weight, g: _Geometry):
