@@ -134,7 +134,7 @@ show(fig, "scene_and_baseline")
 # %%
 devices = jax.device_count()
 batch = -(-(4 if SMALL else 8) // devices) * devices  # a multiple of the device count
-steps = 4 if SMALL else 200
+steps = 4 if SMALL else 400
 crop = (32, 32) if SMALL else (48, 48)
 
 
