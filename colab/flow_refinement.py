@@ -94,8 +94,9 @@ print(f"baseline AEE on the held-out scenes {report['aee']:.3f} px (zero flow: "
       f"Spearman {report['spearman']:.2f} (negative = confident where accurate)")
 
 # %%
-# the scene shown in every picture below: the one where the baseline is worst
-i = int(np.argmax(metrics.epe(val_data["estimate"], val_data["flow"], val_data["valid"])))
+# the scene shown in every picture below: the one with the median baseline error
+baseline_epe = np.asarray(metrics.epe(val_data["estimate"], val_data["flow"], val_data["valid"]))
+i = int(np.argsort(baseline_epe)[len(baseline_epe) // 2])
 scene = {k: v[i] for k, v in val_data.items()}
 max_flow = float(np.abs(scene["flow"]).max()) + 1e-6
 epe_in = float(metrics.epe(scene["estimate"], scene["flow"]))
@@ -186,14 +187,20 @@ print(f"AEE over {NUM_VAL} held-out scenes: input {metrics.aee(epe_before):.3f} 
 
 
 def flow_panel(rows, name):
-    """rows: [(label, flow)]; one row per flow: colour picture and error map."""
+    """rows: [(label, flow)]; one row per flow: colour picture and error map (frame 1 beside
+    the ground truth)."""
     fig, axes = plt.subplots(len(rows), 2, figsize=(7, 2.6 * len(rows)), squeeze=False)
     for (label, flow), (left, right) in zip(rows, axes):
-        e = float(metrics.epe(flow, scene["flow"]))
         left.imshow(viz.flow_to_color(flow, max_flow=max_flow))
-        left.set_title(f"{label}: EPE {e:.2f} px", fontsize=10)
-        right.imshow(viz.error_map(flow, scene["flow"]))
-        right.set_title(f"{label}: error map", fontsize=10)
+        if flow is scene["flow"]:
+            left.set_title(label, fontsize=10)
+            right.imshow(scene["image1"])
+            right.set_title("frame 1", fontsize=10)
+        else:
+            e = float(metrics.epe(flow, scene["flow"]))
+            left.set_title(f"{label}: EPE {e:.2f} px", fontsize=10)
+            right.imshow(viz.error_map(flow, scene["flow"]))
+            right.set_title(f"{label}: error map", fontsize=10)
         for a in (left, right):
             a.axis("off")
     fig.tight_layout()
