@@ -31,10 +31,12 @@
 # %%
 # Install ppac-jax from its repository (pip install ...) unless it is already importable.
 import importlib.util
+import os
 import subprocess
 import sys
 
-REPOSITORY = "git+https://github.com/ppac-jax/ppac-jax"  # the ppac-jax repository URL
+# where this repository lives (a fork, a mirror): set PPAC_JAX_REPOSITORY or edit the default
+REPOSITORY = os.environ.get("PPAC_JAX_REPOSITORY", "git+https://github.com/ppac-jax/ppac-jax")
 if importlib.util.find_spec("ppac_jax") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
                     f"ppac-jax[notebooks] @ {REPOSITORY}"], check=True)
