@@ -170,21 +170,10 @@ def train_and_evaluate(config, workdir: str, options=None, log=print) -> dict:
 
     from ppac_jax.train import Trainer, cli
     from ppac_jax.train import train_and_evaluate as train_loop
-    from ppac_jax.train.state import check_batch_size, make_mesh
 
-    options = options or cli.Options(workdir=workdir, preset="custom")
     t0 = time.time()
-    if options.pretrained and not os.path.exists(options.pretrained):
-        raise FileNotFoundError(f"--pretrained: no such file or directory: {options.pretrained}")
-    is_main = jax.process_index() == 0
-    log = log if is_main else (lambda *a, **k: None)
-    os.makedirs(workdir, exist_ok=True)
-    check_batch_size(config.train.batch_size, make_mesh())
-    log(f"preset {options.preset}, method {config.method}, loss {config.loss}, "
-        f"{jax.device_count()} device(s) on {jax.process_count()} process(es), global batch "
-        f"{config.train.batch_size}, workdir {workdir}")
-    if is_main:
-        cli.save_config(config, workdir)
+    options, log, is_main = cli.start_run(config, workdir, options, log,
+                                          describe=f"method {config.method}, loss {config.loss}")
     task, method, info = build_task(config, workdir, log, evaluate_only=options.evaluate_only)
     num_classes = info["num_classes"]
     n_val = len(task.val_data) if isinstance(task.val_data, list) else len(task.val_data["labels"])

@@ -29,7 +29,7 @@ from absl import flags
 from ml_collections import ConfigDict, config_flags
 
 __all__ = ["Options", "config_json", "load_config", "parse_flags", "presets", "resolve_field", "run",
-           "save_config"]
+           "save_config", "start_run"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,3 +239,37 @@ def run(argv: Sequence[str] | None, *, prog: str, description: str, configs: str
 def config_json(config: ConfigDict) -> dict:
     """The config as plain JSON types (for summaries)."""
     return json.loads(config.to_json_best_effort())
+
+
+def start_run(config: ConfigDict, workdir: str, options: Options | None, log=print,
+              *, describe: str = ""):
+    """The opening every experiment's ``train_and_evaluate`` shares.
+
+    Checks ``--pretrained`` exists and the global batch fits the devices, creates ``workdir``,
+    logs one line about the run (``describe`` is added to it), writes ``config.json``.
+
+    Returns:
+      ``(options, log, is_main)``: ``options`` defaulted, ``log`` silenced on every process but
+      the first.
+
+    Raises:
+      FileNotFoundError: ``options.pretrained`` does not exist.
+      ValueError: ``config.train.batch_size`` is not divisible by the device count.
+    """
+    import jax
+
+    from ppac_jax.train.state import check_batch_size, make_mesh
+
+    options = options or Options(workdir=workdir, preset="custom")
+    if options.pretrained and not os.path.exists(options.pretrained):
+        raise FileNotFoundError(f"--pretrained: no such file or directory: {options.pretrained}")
+    is_main = jax.process_index() == 0
+    log = log if is_main else (lambda *a, **k: None)
+    os.makedirs(workdir, exist_ok=True)
+    check_batch_size(config.train.batch_size, make_mesh())
+    log(f"preset {options.preset}{', ' + describe if describe else ''}, {jax.device_count()} "
+        f"device(s) on {jax.process_count()} process(es), global batch "
+        f"{config.train.batch_size}, workdir {workdir}")
+    if is_main:
+        save_config(config, workdir)
+    return options, log, is_main
