@@ -95,11 +95,17 @@ _FINITE_FILL = 3.0
 _POISONS = [np.nan, np.inf, -np.inf]
 
 
+@functools.cache
+def _jitted_value_and_grads(fn, diff_argnums):
+    """One compiled function per case, shared by its clean and poisoned calls."""
+    grad = jax.grad(lambda *a: jnp.sum(fn(*a)), argnums=diff_argnums)
+    return jax.jit(lambda *a: (fn(*a), grad(*a)))
+
+
 def _value_and_grads(fn, args, diff_argnums):
-    value = fn(*args)
     if not diff_argnums:
-        return np.asarray(value), ()
-    grads = jax.grad(lambda *a: jnp.sum(fn(*a)), argnums=diff_argnums)(*args)
+        return np.asarray(fn(*args)), ()
+    value, grads = _jitted_value_and_grads(fn, diff_argnums)(*args)
     return np.asarray(value), tuple(np.asarray(g) for g in grads)
 
 
