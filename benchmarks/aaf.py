@@ -104,7 +104,7 @@ def write_report(path: str, results: list, args, total_s: float) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     json_path = os.path.join(folder, "aaf_results.json")
     picture = os.path.join(folder, "aaf_size_weights.png")
-    with open(json_path, "w") as f:
+    with open(json_path, "w", encoding="utf-8") as f:
         json.dump({"args": vars(args), "default_sets": DEFAULT_SETS, "results": results}, f,
                   indent=1)
     losses = list(dict.fromkeys(r["loss"] for r in results))
@@ -173,7 +173,7 @@ def write_report(path: str, results: list, args, total_s: float) -> None:
             e = " / ".join(f"{v:.3f}" for v in sw["edge"][name])
             n = " / ".join(f"{v:.3f}" for v in sw["not_edge"][name])
             lines.append(f"| {name} | {e} | {n} |")
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
 
 

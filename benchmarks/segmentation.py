@@ -171,10 +171,10 @@ def main(argv=None):
         table.append(f"| {name} | {r['miou']:.2f} | {r['pixel_accuracy']:.2f} | "
                      f"{r['boundary_accuracy']:.2f} | {ms} |")
     print("\n".join(table))
-    with open(os.path.join(args.root, "results.json"), "w") as f:
+    with open(os.path.join(args.root, "results.json"), "w", encoding="utf-8") as f:
         json.dump(rows, f, indent=1)
     if args.write:
-        with open(args.write, "w") as f:
+        with open(args.write, "w", encoding="utf-8") as f:
             f.write("# Segmentation on the built-in held-out scenes\n\n"
                     f"`python -m benchmarks.segmentation {' '.join(argv or sys.argv[1:])}`\n\n"
                     + "\n".join(table) + "\n")

@@ -9,6 +9,8 @@ names the arguments to differentiate (empty for counts). The test compares each 
 equal, gradients finite, equal, and exactly zero at the poisoned pixels.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,8 +63,26 @@ def _streaming_confusion(scores, labels):
     return metrics.ConfusionMatrix(3).update(pred, labels).matrix
 
 
+def _ce(scores, labels, **kw):
+    return losses.cross_entropy(jnp.asarray(scores), jnp.asarray(labels), **kw)
+
+
+_AAF = dict(num_classes=3, margin=3.0, lambda_edge=1.0, lambda_not_edge=1.0, step=0, num_steps=10)
+
+
 # (name, fn, make_inputs, diff_argnums): one line per masked loss or metric
 CASES = [
+    ("losses.cross_entropy", _ce, _segmentation, (0,)),
+    ("losses.cross_entropy[threshold]", functools.partial(_ce, threshold=0.9), _segmentation, (0,)),
+    ("losses.per_pixel_cross_entropy",
+     lambda s, l: losses.per_pixel_cross_entropy(jnp.asarray(s), jnp.asarray(l))[0],
+     _segmentation, (0,)),
+    ("losses.affinity_training_loss",
+     lambda s, l: losses.affinity_training_loss(jnp.asarray(s), jnp.asarray(l), **_AAF),
+     _segmentation, (0,)),
+    ("losses.aaf_training_loss",
+     lambda s, l: losses.aaf_training_loss(jnp.asarray(s), jnp.asarray(l), jnp.zeros((3, 3)),
+                                           jnp.zeros((3, 3)), **_AAF), _segmentation, (0,)),
     ("losses.epe_loss", losses.epe_loss, _flow_pair, (0, 1)),
     ("metrics.epe", metrics.epe, _flow_pair, (0, 1)),
     ("metrics.outlier_rate", metrics.outlier_rate, _flow_pair, ()),
@@ -75,11 +95,17 @@ _FINITE_FILL = 3.0
 _POISONS = [np.nan, np.inf, -np.inf]
 
 
+@functools.cache
+def _jitted_value_and_grads(fn, diff_argnums):
+    """One compiled function per case, shared by its clean and poisoned calls."""
+    grad = jax.grad(lambda *a: jnp.sum(fn(*a)), argnums=diff_argnums)
+    return jax.jit(lambda *a: (fn(*a), grad(*a)))
+
+
 def _value_and_grads(fn, args, diff_argnums):
-    value = fn(*args)
     if not diff_argnums:
-        return np.asarray(value), ()
-    grads = jax.grad(lambda *a: jnp.sum(fn(*a)), argnums=diff_argnums)(*args)
+        return np.asarray(fn(*args)), ()
+    value, grads = _jitted_value_and_grads(fn, diff_argnums)(*args)
     return np.asarray(value), tuple(np.asarray(g) for g in grads)
 
 
