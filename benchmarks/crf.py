@@ -185,7 +185,7 @@ def main(argv=None):
     print(table)
     if args.write:
         cmd = "python -m benchmarks.crf " + " ".join(a for a in (argv or sys.argv[1:]))
-        with open(args.write, "w") as f:
+        with open(args.write, "w", encoding="utf-8") as f:
             f.write(f"# PAC-CRF benchmark\n\nCommand: `{cmd}`\n\nMachine: {machine}\n\n"
                     f"Configuration: {CLASSES} labels, {STEPS} mean-field steps, two 5x5 `4d` "
                     f"terms (dilation 16 and 64), RGB edge features, batch 1, float32. "

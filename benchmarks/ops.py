@@ -13,7 +13,7 @@ machine conditions; ``--separate`` times each implementation in its own process 
 
 Implementations: ``floor`` (plain ``lax.conv_general_dilated``; depthwise for shared filters,
 ``lax.conv_transpose`` for the transposed case), ``fused`` (``ops.fused_*``), and the two-step
-``pac_kernel`` + PAC op with ``impl`` = ``patches``, ``shifted``, ``loop`` and ``auto`` (its
+``pac_kernel`` + PAC op with ``impl`` = ``patches``, ``loop`` and ``auto`` (its
 pick is shown). ``patches`` is skipped where its window tensors would not fit the memory cap.
 """
 
@@ -53,15 +53,15 @@ def _cases(quick: bool):
     return cases
 
 
-IMPLS = {"pac": ("floor", "fused", "patches", "shifted", "loop", "auto"),
-         "ppac": ("floor", "fused", "patches", "shifted", "loop", "auto"),
-         "transpose": ("floor", "fused", "patches", "shifted", "loop", "auto")}
+IMPLS = {"pac": ("floor", "fused", "patches", "loop", "auto"),
+         "ppac": ("floor", "fused", "patches", "loop", "auto"),
+         "transpose": ("floor", "fused", "patches", "loop", "auto")}
 
 
 def _estimate_bytes(spec, impl):
     """Rough temporary memory of forward+backward (bytes), measured at small sizes: used only
-    to skip ``patches`` and ``shifted`` where they would not fit (nor finish) on big problems."""
-    factor = {"patches": 5.0, "shifted": 3.5}.get(impl, 0.0)
+    to skip ``patches`` where they would not fit (nor finish) on big problems."""
+    factor = {"patches": 5.0}.get(impl, 0.0)
     h, w = spec["size"]
     if spec["op"] == "transpose":
         h, w = 2 * h, 2 * w
@@ -371,7 +371,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if args.render is not None:
-        with open(args.render) as fh:
+        with open(args.render, encoding="utf-8-sig") as fh:
             rows = json.load(fh)["rows"]
         print(format_table(rows))
         print()
@@ -445,7 +445,7 @@ def main(argv=None):
     except Exception:  # pragma: no cover - reporting only
         pass
     if args.json:
-        with open(args.json, "w") as fh:
+        with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(dict(meta=meta, rows=rows), fh, indent=1)
         print(f"\nwrote {args.json}")
 

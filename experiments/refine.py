@@ -447,7 +447,7 @@ def _run(args) -> dict:
                  "after": metrics.ConfusionMatrix(estimate_channels)}
     records, warned = [], {}
     start = time.perf_counter()
-    with open(os.path.join(args.out, "metrics.jsonl"), "w") as log:
+    with open(os.path.join(args.out, "metrics.jsonl"), "w", encoding="utf-8") as log:
         for sample in tqdm(samples, desc="refine", unit="sample", disable=args.list is None):
             if task == "flow":
                 record = refine_flow(sample, refiner, levels, args, warned)
@@ -463,7 +463,7 @@ def _run(args) -> dict:
 
     summary = _summary(records, task, confusion)
     summary["seconds"] = round(time.perf_counter() - start, 2)
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
+    with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
     if "aee_before" in summary:
         print(f"AEE {summary['aee_before']:.4f} -> {summary['aee_after']:.4f}   "

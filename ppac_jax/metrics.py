@@ -2,6 +2,8 @@
 
 `epe`, `outlier_rate`, `rmse` and `confusion_matrix` are jax.numpy functions (jit-able, work on
 NumPy inputs too); `aee` and `ConfusionMatrix` accumulate over a data set in NumPy.
+Masked metrics select their inputs with the mask before any arithmetic, so NaN/inf under the
+mask changes neither a value nor a gradient.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from typing import Iterable, Optional
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 __all__ = ["epe", "outlier_rate", "aee", "rmse", "confusion_matrix", "iou_from_confusion",
-           "miou_from_confusion", "ConfusionMatrix", "IGNORE_LABELS", "upsampling_rmse",
-           "upsampling_epe"]
+           "miou_from_confusion", "class_accuracy_from_confusion",
+           "mean_class_accuracy_from_confusion", "ConfusionMatrix", "IGNORE_LABELS",
+           "boundary_band", "upsampling_rmse", "upsampling_epe"]
 
 # Labels excluded from segmentation metrics.
 IGNORE_LABELS = (255, -1)
@@ -37,18 +41,26 @@ def _flow_args(pred, gt, valid):
         if valid.shape != pred.shape[:-1]:
             raise ValueError(f"valid: expected shape {pred.shape[:-1]}, got {valid.shape}")
         valid = valid.astype(bool)
+    # select before arithmetic: non-finite values under the mask reach no value or gradient
+    pred = jnp.where(valid[..., None], pred, 0)
+    gt = jnp.where(valid[..., None], gt, 0)
     return pred, gt, valid
 
 
 def _per_image_mean(values, valid):
-    """Mean of `values` over valid pixels per image (axes -2, -1); NaN when none is valid."""
+    """Mean of `values` over valid pixels per image (axes -2, -1); NaN when none is valid.
+
+    `values` must already be finite under the mask (callers select their inputs first)."""
     total = jnp.sum(jnp.where(valid, values, 0), axis=(-2, -1))
     return total / jnp.sum(valid, axis=(-2, -1))
 
 
 def _error(pred, gt):
     diff = (pred - gt).astype(jnp.promote_types(pred.dtype, jnp.float32))
-    return jnp.sqrt(jnp.sum(diff * diff, axis=-1))
+    sq = jnp.sum(diff * diff, axis=-1)
+    # sqrt has an infinite derivative at 0 (every masked pixel): keep the gradient finite
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1)), 0)
 
 
 def epe(pred, gt, valid=None):
@@ -112,6 +124,8 @@ def rmse(pred, target, valid=None):
     valid = jnp.asarray(valid).astype(bool)
     if valid.shape != pred.shape[:-1]:
         raise ValueError(f"valid: expected shape {pred.shape[:-1]}, got {valid.shape}")
+    pred = jnp.where(valid[..., None], pred, 0)
+    target = jnp.where(valid[..., None], target, 0)
     diff = (pred - target).astype(jnp.promote_types(pred.dtype, jnp.float32))
     return jnp.sqrt(_per_image_mean(jnp.mean(diff * diff, axis=-1), valid))
 
@@ -135,7 +149,9 @@ def confusion_matrix(pred, labels, *, num_classes: int):
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     labels = labels.astype(jnp.int32)
     keep = (labels >= 0) & (labels < num_classes)
-    index = jnp.where(keep, labels * num_classes + pred.astype(jnp.int32), 0)
+    labels = jnp.where(keep, labels, 0)
+    pred = jnp.where(keep, pred, 0).astype(jnp.int32)
+    index = labels * num_classes + pred
     counts = jnp.bincount(index.ravel(), weights=keep.ravel().astype(jnp.int32),
                           length=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes).astype(jnp.int32)
@@ -150,6 +166,24 @@ def iou_from_confusion(matrix) -> np.ndarray:
     union = matrix.sum(0) + matrix.sum(1) - intersection
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, intersection / union, np.nan)
+
+
+def class_accuracy_from_confusion(matrix) -> np.ndarray:
+    """Per-class accuracy `[C]` = diag / row sum (rows: ground truth); NaN without ground truth."""
+    matrix = np.asarray(matrix, np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"matrix: expected a square [C, C] matrix, got {matrix.shape}")
+    rows = matrix.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(rows > 0, np.diag(matrix) / rows, np.nan)
+
+
+def mean_class_accuracy_from_confusion(matrix) -> float:
+    """Mean per-class accuracy over the classes with ground truth (pacnet ``macc``, skipping)."""
+    acc = class_accuracy_from_confusion(matrix)
+    if np.all(np.isnan(acc)):
+        raise ValueError("matrix: no class has ground truth (nothing counted)")
+    return float(np.nanmean(acc))
 
 
 def miou_from_confusion(matrix) -> float:
@@ -176,9 +210,16 @@ class ConfusionMatrix:
         self.matrix = np.zeros((num_classes, num_classes), np.int64)
 
     def update(self, pred, labels, valid: Optional[np.ndarray] = None) -> "ConfusionMatrix":
-        """Add integer predictions and labels of equal shape (optional extra `valid` mask)."""
+        """Add integer predictions and labels of equal shape (optional extra `valid` mask).
+
+        Labels may carry a trailing axis of 1 (`[B, H, W, 1]` with `pred` `[B, H, W]`).
+        Raises ValueError for shapes that differ otherwise, or for labels / predictions outside
+        `[0, C)` that are not ignore labels.
+        """
         pred = np.asarray(pred)
         labels = np.asarray(labels)
+        if labels.shape == pred.shape + (1,):  # [B, H, W, 1] labels (PPAC's layout)
+            labels = labels[..., 0]
         if pred.shape != labels.shape:
             raise ValueError(f"pred and labels must have the same shape, got {pred.shape} and "
                              f"{labels.shape}")
@@ -215,11 +256,62 @@ class ConfusionMatrix:
         return miou_from_confusion(self.matrix)
 
     def pixel_accuracy(self) -> float:
+        """Fraction of counted pixels predicted correctly (pacnet ``acc``: trace / total)."""
         total = self.matrix.sum()
         if total == 0:
             raise ValueError("no pixel counted yet")
         return float(np.trace(self.matrix) / total)
 
+    def class_accuracy(self) -> np.ndarray:
+        """Per-class recall ``[C]`` (diagonal / ground-truth count), NaN without ground truth."""
+        return class_accuracy_from_confusion(self.matrix)
+
+    def mean_class_accuracy(self) -> float:
+        """Mean per-class accuracy (pacnet ``macc``) over the classes that have ground truth.
+
+        pacnet's ``seg_measures`` averages 0/0 = NaN for a class without ground truth (its bug,
+        SPEC_wave2 2.9); ppac-jax skips such classes, as ``miou`` skips empty unions.
+        """
+        return mean_class_accuracy_from_confusion(self.matrix)
+
+def boundary_band(labels, *, width: int = 3):
+    """Pixels within ``width`` pixels of a ground-truth boundary (the "trimap" band).
+
+    A pixel is on a boundary when one of its 8 neighbours has a different label (void labels
+    count as labels here, so object/void borders are boundaries too); the band is every pixel
+    whose Chebyshev distance to a boundary pixel is at most ``width``. Counting a confusion
+    matrix only inside the band (``ConfusionMatrix.update(pred, labels, valid=band)``) gives the
+    boundary mIoU (mIoU within ``width`` px of the boundaries; Kohli et al. 2009's trimap
+    measure, as used by the AAF paper's boundary analysis). jit-able.
+
+    Args:
+      labels: ``[B, H, W]`` (or ``[H, W]``) integer ground truth.
+      width: band half-width in pixels, ``>= 0`` (0: the boundary pixels themselves).
+
+    Returns:
+      bool array of ``labels``' shape.
+
+    Raises:
+      ValueError: ``labels`` not 2-D/3-D or ``width`` not a non-negative int.
+    """
+    labels = jnp.asarray(labels)
+    if labels.ndim not in (2, 3):
+        raise ValueError(f"labels: expected [B, H, W] or [H, W], got {labels.shape}")
+    if not isinstance(width, int) or isinstance(width, bool) or width < 0:
+        raise ValueError(f"width must be a non-negative int, got {width!r}")
+    batched = labels if labels.ndim == 3 else labels[None]
+    lab = batched.astype(jnp.int32)
+    window, ones, pad = (1, 3, 3), (1, 1, 1), ((0, 0), (1, 1), (1, 1))
+    # neighbourhood max and min (edge pixels compare only with in-image neighbours)
+    hi = lax.reduce_window(lab, jnp.int32(jnp.iinfo(jnp.int32).min), lax.max, window, ones, pad)
+    lo = lax.reduce_window(lab, jnp.int32(jnp.iinfo(jnp.int32).max), lax.min, window, ones, pad)
+    boundary = (hi != lab) | (lo != lab)
+    if width:
+        size = 2 * width + 1
+        boundary = lax.reduce_window(boundary, jnp.bool_(False), lax.bitwise_or,
+                                     (1, size, size), ones,
+                                     ((0, 0), (width, width), (width, width)))
+    return boundary if labels.ndim == 3 else boundary[0]
 
 # ---------------------------------------------------------------------------------------------
 # joint upsampling (NVlabs/pacnet task_jointUpsampling/models.py th_rmse / th_epe)

@@ -3,6 +3,7 @@
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -100,3 +101,47 @@ def test_pool_averages():
     np.testing.assert_allclose(w.sum(axis=(0, 1)), np.eye(2), rtol=1e-6)
     with pytest.raises(ValueError, match="in_channels == out_channels"):
         fillers.pool_weight(2, 3, 3, False)
+
+
+def _linear_layer_outputs(k, s, p, op, h=5):
+    """Constant-guide PacConvTranspose2d with the linear filler, with and without normalisation."""
+    from flax import nnx
+    from ppac_jax import nn
+
+    layers = [nn.PacConvTranspose2d(1, 1, k, stride=s, padding=p, output_padding=op,
+                                    normalize_kernel=normalize, filler="linear", bias=False,
+                                    rngs=nnx.Rngs(0)) for normalize in (False, True)]
+
+    @nnx.jit
+    def run(layers, x, guide):
+        return [layer(x, guide)[0, :, :, 0] for layer in layers]
+
+    x = jax.random.uniform(jax.random.key(1), (1, h, h, 1)) + 0.5
+    size = (h - 1) * s - 2 * p + k + op
+    return [np.asarray(o, np.float64) for o in run(layers, x, jnp.zeros((1, size, size, 3)))]
+
+
+def test_linear_filler_border_with_normalized_kernel():
+    # k=5, s=2 (PacJointUpsample): first row/column 1.5x, corner 2.25x the bilinear value
+    bilinear, normalized = _linear_layer_outputs(5, 2, 2, 1)
+    ratio = normalized / bilinear
+    np.testing.assert_allclose(ratio[0, 0], 2.25, rtol=1e-6)
+    np.testing.assert_allclose(ratio[0, 1:7], 1.5, rtol=1e-6)
+    np.testing.assert_allclose(ratio[1:7, 0], 1.5, rtol=1e-6)
+    np.testing.assert_allclose(ratio[1:7, 1:7], 1.0, rtol=1e-6)  # away from the border: bilinear
+    # bilinear itself: output 2i is input i, output 2i+1 the mean of inputs i and i+1
+    x = jax.random.uniform(jax.random.key(1), (1, 5, 5, 1))[0, :, :, 0] + 0.5
+    np.testing.assert_allclose(bilinear[::2, ::2][:4, :4], x[:4, :4], rtol=1e-6)
+    np.testing.assert_allclose(bilinear[1, 0], (x[0, 0] + x[1, 0]) / 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("k,s,p,op", [(9, 4, 4, 3), (3, 2, 1, 1)])
+def test_linear_filler_is_bilinear_where_the_window_is_inside(k, s, p, op):
+    h = 5
+    bilinear, normalized = _linear_layer_outputs(k, s, p, op, h)
+    o = np.arange(bilinear.shape[0])
+    # input rows reached by output row o: ceil((o + p - k + 1) / s) .. floor((o + p) / s)
+    inside = (-((o + p - k + 1) // -s) >= 0) & ((o + p) // s <= h - 1)
+    assert inside.sum() >= 2 and not inside.all()
+    np.testing.assert_allclose(normalized[np.ix_(inside, inside)],
+                               bilinear[np.ix_(inside, inside)], rtol=1e-6)

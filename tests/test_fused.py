@@ -1,5 +1,7 @@
 """Fused PAC ops against the two-step path (pac_kernel + PAC op) and the golden vectors."""
 
+import zlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,7 +64,7 @@ def _kernel_kwargs(kernel_type, asym, smooth, normalize, alpha, lam, smooth_kern
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_fused_conv_matches_two_step(case):
     k, s, p, d, shared, kt, asym, smooth, normalize, with_mask = case
-    r, rng = _random(hash(str(case)) % 2 ** 31)
+    r, rng = _random(zlib.crc32(repr(case).encode()))
     kk = k if isinstance(k, tuple) else (k, k)
     b, h, w, c, o, depth = 2, 10, 11, 3, 4, 2
     x, guide = r(b, h, w, c), r(b, h, w, depth)
@@ -99,7 +101,7 @@ TRANSPOSE_CASES = [
 @pytest.mark.parametrize("case", TRANSPOSE_CASES)
 def test_fused_transpose_matches_two_step(case):
     k, s, p, op, d, shared, kt, normalize, with_mask = case
-    r, rng = _random(hash(str(case)) % 2 ** 31)
+    r, rng = _random(zlib.crc32(repr(case).encode()))
     b, h, w, c, o, depth = 2, 5, 4, 3, 2, 2
     ho, wo = ((n - 1) * s - 2 * p + d * (k - 1) + 1 + op for n in (h, w))
     x, guide = r(b, h, w, c), r(b, ho, wo, depth)

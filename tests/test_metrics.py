@@ -100,3 +100,28 @@ def test_confusion_matrix_streams_and_ignores_minus_one():
     cm.reset()
     with pytest.raises(ValueError, match="non-empty union"):
         cm.miou()
+
+
+def test_boundary_band_hand_computed():
+    labels = np.zeros((6, 7), np.int32)
+    labels[:, 4:] = 2             # a vertical border between columns 3 and 4
+    labels[0, 0] = 255            # a void pixel is a boundary too
+    band0 = np.asarray(metrics.boundary_band(labels, width=0))
+    expected = np.zeros((6, 7), bool)
+    expected[:, 3:5] = True
+    expected[:2, :2] = True       # the void pixel and its 3 neighbours
+    np.testing.assert_array_equal(band0, expected)
+    band1 = np.asarray(metrics.boundary_band(labels[None], width=1))[0]
+    assert band1[:, 2:6].all() and not band1[3:, :2].any() and not band1[:, 6].any()
+    assert band1[:3, :3].all()
+    jitted = jax.jit(lambda l: metrics.boundary_band(l, width=2))(labels[None])
+    np.testing.assert_array_equal(jitted[0], metrics.boundary_band(labels, width=2))
+    assert not np.asarray(metrics.boundary_band(np.ones((4, 4), np.int32), width=3)).any()
+    # boundary mIoU: the confusion matrix restricted to the band
+    pred = np.zeros_like(labels)
+    cm = metrics.ConfusionMatrix(3).update(pred, labels, valid=band1)
+    assert cm.matrix.sum() == band1[labels != 255].sum()
+    with pytest.raises(ValueError, match="width"):
+        metrics.boundary_band(labels, width=-1)
+    with pytest.raises(ValueError, match="labels"):
+        metrics.boundary_band(labels[None, None])

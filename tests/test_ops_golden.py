@@ -9,7 +9,7 @@ from ppac_jax import ops
 from ppac_jax.ops.kernel import parse_kernel_type
 from tests import golden as G
 
-IMPLS = ["patches", "shifted"]
+IMPLS = ["patches", "loop"]
 
 
 def _kernel_options(args):
@@ -144,9 +144,9 @@ def _op_case(g, impl):
 
 
 def _op_golden_params():
-    """Every op golden file with ``patches``; ``shifted`` (unrolled over the taps, slow to
-    compile, and never picked by ``auto``) on the 3x3 files of every op and option, which
-    covers its code paths; tests/test_impls.py checks it against ``patches`` on k up to 5."""
+    """Every op golden file with ``patches``; ``loop`` on the 3x3 files of every op and option,
+    which covers its code paths (tests/test_impls.py checks it against ``patches`` on more
+    shapes, the fused tests on every file)."""
     names = (G.params_or_skip("pacconv2d_*_f64.npz")
              + G.params_or_skip("pacconv_transpose2d_*_f64.npz")
              + G.params_or_skip("pacpool2d_*_f64.npz"))

@@ -11,7 +11,7 @@ from jax.test_util import check_grads
 
 from ppac_jax import ops
 
-IMPLS = ["patches", "shifted"]
+IMPLS = ["patches", "loop"]
 DN = ("NHWC", "HWIO", "NHWC")
 
 

@@ -18,7 +18,7 @@ ANALYTIC_ZERO = "network_guidance.4.bias"    # gradient is rounding noise (golde
 def _run_case(name):
     g = G.Golden(name)
     dtype = np.float64 if name.endswith("_f64.npz") else np.float32
-    # "patches": the shifted product's unrolled 49-tap VJP takes several times longer to compile
+    # "patches": the small golden inputs compile fastest with it
     net = convert.load_ppacnet(G.shared_dir() / "checkpoints" / g.meta["checkpoint"], dtype=dtype,
                                impl="patches")
     assert isinstance(net, pnn.PPacNet)

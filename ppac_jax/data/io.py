@@ -14,13 +14,13 @@ from typing import List, Sequence, Tuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ppac_jax.data.png16 import PngError, decode_png, encode_png
 
 __all__ = [
         "CorruptFileError", "FLO_MAGIC", "UNKNOWN_FLOW_THRESHOLD", "read_flo", "write_flo",
         "flo_valid", "read_kitti_flow", "write_kitti_flow", "read_sintel_valid", "read_flow",
         "read_hd3_estimate", "read_hd3_confidence", "hd3_confidence_path", "write_npy",
         "read_image", "read_label_png", "write_label_png", "voc_palette", "read_list_file",
+        "open_text", "TEXT_ENCODING",
 ]
 
 FLO_MAGIC = 202021.25
@@ -28,6 +28,9 @@ FLO_MAGIC = 202021.25
 UNKNOWN_FLOW_THRESHOLD = 1e9
 _KITTI_OFFSET = 2.0 ** 15
 _KITTI_SCALE = 64.0
+# Every text file the project reads (list files, split files, configs): UTF-8 with or without
+# the byte-order mark some Windows editors write; never the locale's encoding.
+TEXT_ENCODING = "utf-8-sig"
 
 
 class CorruptFileError(ValueError):
@@ -89,24 +92,37 @@ def flo_valid(flow) -> np.ndarray:
 # ----------------------------------------------------------------------------- KITTI
 
 
-def read_kitti_flow(path) -> Tuple[np.ndarray, np.ndarray]:
-    """Read a KITTI 16-bit flow PNG.
+def _cv2():
+    # OpenCV reads and writes 16-bit colour PNGs losslessly (Pillow truncates them to 8 bits);
+    # imported on first use so that importing this module stays light.
+    import cv2
+    return cv2
 
-    u = (R - 2^15) / 64, v = (G - 2^15) / 64, valid = B > 0. Read losslessly (Pillow would
-    truncate the 16-bit channels). Invalid pixels get flow 0.
+
+def read_kitti_flow(path) -> Tuple[np.ndarray, np.ndarray]:
+    """Read a KITTI 16-bit flow PNG (KITTI 2012/2015 flow devkit encoding).
+
+    u = (R - 2^15) / 64, v = (G - 2^15) / 64, valid = B > 0; invalid pixels get flow 0. The
+    16-bit channels are decoded losslessly by OpenCV.
 
     Returns:
         `(flow [H, W, 2] float32, valid [H, W] bool)`.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+        CorruptFileError: for a corrupt or truncated PNG, or one that is not 16-bit RGB.
     """
     with open(path, "rb") as f:
         data = f.read()
-    try:
-        png = decode_png(data, name=_name(path))
-    except PngError as e:
-        raise CorruptFileError(str(e)) from None
-    if png.dtype != np.uint16 or png.shape[-1] != 3:
+    cv2 = _cv2()
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if bgr is None:
+        raise CorruptFileError(f"{_name(path)}: not a readable PNG (corrupt or truncated)")
+    if bgr.dtype != np.uint16 or bgr.ndim != 3 or bgr.shape[-1] != 3:
+        channels = 1 if bgr.ndim == 2 else bgr.shape[-1]
         raise CorruptFileError(f"{_name(path)}: not a KITTI flow PNG (expected 16-bit RGB, got "
-                                                      f"{png.shape[-1]} channel(s) of {8 * png.dtype.itemsize} bits)")
+                               f"{channels} channel(s) of {8 * bgr.dtype.itemsize} bits)")
+    png = bgr[..., ::-1]  # OpenCV orders channels B, G, R
     valid = png[..., 2] > 0
     flow = (png[..., :2].astype(np.float32) - _KITTI_OFFSET) / _KITTI_SCALE
     flow[~valid] = 0.0
@@ -134,8 +150,12 @@ def write_kitti_flow(path, flow, valid=None) -> None:
     png[..., :2] = np.clip(coded, 0, 65535).astype(np.uint16)
     png[..., 2] = valid
     png[~valid, :2] = 0
+    cv2 = _cv2()
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(png[..., ::-1]))
+    if not ok:
+        raise ValueError(f"{_name(path)}: OpenCV could not encode the flow as PNG")
     with open(path, "wb") as f:
-        f.write(encode_png(png))
+        f.write(encoded.tobytes())
 
 
 # ----------------------------------------------------------------------------- masks, HD3
@@ -268,6 +288,19 @@ def write_label_png(path, labels) -> None:
 # ----------------------------------------------------------------------------- lists
 
 
+def open_text(path, mode: str = "r"):
+    """Open a text file the project reads or writes: UTF-8, a leading BOM accepted (and not
+    written), any line ending (LF, CRLF, CR) read as ``\\n``. Use it for every text input.
+
+    Raises:
+      FileNotFoundError: if ``path`` does not exist (reading).
+      UnicodeDecodeError: if the file is not UTF-8.
+    """
+    if "b" in mode:
+        raise ValueError(f"mode: expected a text mode, got {mode!r}")
+    return open(path, mode, encoding="utf-8" if "r" not in mode else TEXT_ENCODING)
+
+
 def read_list_file(path, *, root=None, columns: Sequence[int] = (2, 3, 4)) -> List[Tuple[str, ...]]:
     """Read a list file: one sample per line, space-separated paths relative to `root`.
 
@@ -277,11 +310,23 @@ def read_list_file(path, *, root=None, columns: Sequence[int] = (2, 3, 4)) -> Li
         columns: accepted numbers of paths per line.
 
     Returns:
-        One tuple of joined paths per non-empty line (`#` comments skipped).
+        One tuple of joined paths per non-empty line (`#` comments skipped). The file is read as
+        UTF-8 (`open_text`): a byte-order mark, CRLF line ends and non-ASCII names are fine.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+        ValueError: for a line with a number of paths not in `columns`, or a non-UTF-8 file.
     """
     root = os.path.dirname(os.path.abspath(path)) if root is None else _name(root)
+    try:
+        return _read_list_lines(path, root, columns)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{_name(path)}: not a UTF-8 text file ({e})") from None
+
+
+def _read_list_lines(path, root, columns):
     samples = []
-    with open(path) as f:
+    with open_text(path) as f:
         for number, line in enumerate(f, 1):
             fields = line.split("#", 1)[0].split()
             if not fields:

@@ -32,12 +32,20 @@ def epe_loss(pred, gt, valid=None):
       valid: optional [B, H, W] bool/float mask (default: every pixel).
 
     Returns:
-      Scalar loss (0 when no pixel is valid).
+      Scalar loss (0 when no pixel is valid). ``pred`` and ``gt`` are selected by ``valid``
+      before any arithmetic, so NaN/inf under the mask (e.g. unknown Middlebury flow) changes
+      neither the loss nor its gradient, which is exactly 0 at invalid pixels.
+
+    Raises:
+      ValueError: if the shapes disagree.
     """
-    err = endpoint_error(pred, gt)
     if valid is None:
-        return jnp.mean(err)
-    valid = jnp.asarray(valid, err.dtype)
-    if valid.shape != err.shape:
-        raise ValueError(f"valid: expected shape {err.shape}, got {valid.shape}")
-    return jnp.sum(err * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+        return jnp.mean(endpoint_error(pred, gt))
+    if jnp.shape(valid) != jnp.shape(pred)[:-1]:
+        raise ValueError(f"valid: expected shape {jnp.shape(pred)[:-1]}, got {jnp.shape(valid)}")
+    keep = jnp.asarray(valid).astype(bool)
+    pred = jnp.where(keep[..., None], pred, 0)
+    gt = jnp.where(keep[..., None], gt, 0)
+    err = endpoint_error(pred, gt)
+    weight = keep.astype(err.dtype)
+    return jnp.sum(err * weight) / jnp.maximum(jnp.sum(weight), 1.0)

@@ -239,6 +239,20 @@ class PacCRFLoose(nnx.Module):
     def terms(self):
         return self.steps[0].terms
 
+    @property
+    def learn_pairwise_weight(self):
+        """Per term: whether ``steps.<t>.pairwise_weights.<i>`` is used (as :class:`PacCRF`)."""
+        return self.steps[0].learn_pairwise_weight
+
+    @property
+    def pairwise_weight_init(self):
+        """Per term: the constant pairwise weight (negated for potts), as :class:`PacCRF`."""
+        return self.steps[0].pairwise_weight_init
+
+    @property
+    def unary_weight_init(self):
+        return self.steps[0].unary_weight_init
+
     def edge_kernels(self, edge_features):
         return crf_ops.crf_edge_kernels(edge_features, self.terms)
 

@@ -94,6 +94,7 @@ def _linear_1d(k: int, s: int, normalize: bool) -> np.ndarray:
     if normalize:
         # with a normalised adapting kernel each tap is divided by the number of real
         # (non-inserted) samples in its window; pre-multiplying keeps a constant guide bilinear
+        # wherever the window lies inside the input (not at the border: see linear_weight)
         j = np.arange(k)
         taps = taps * ((k - j - 1) // s + j // s + 1)
     return taps
@@ -107,7 +108,21 @@ def linear_weight(channels: int, kernel_size: IntOrPair, stride: IntOrPair,
     ``pad = (k - (2s - 1)) // 2``, multiplied (if ``normalize_kernel``) by the number of real
     input samples each tap sees, ``(k - j - 1)//s + j//s + 1``. Returns ``[kh, kw, C, C]`` with
     the taps on the channel diagonal (each channel upsampled alone), or ``[kh, kw, 1, 1]`` with
-    ``shared_filters``. float32.
+    ``shared_filters``. float32. Reproduces the original's ``linear`` filler (golden tests).
+
+    What a constant guide gives with these weights in ``PacConvTranspose2d``: without
+    ``normalize_kernel``, plain bilinear upsampling (zero beyond the last input sample). With
+    ``normalize_kernel=True`` the same values **only away from the border**: at an output pixel
+    whose window reaches input positions outside the image, the normalisation counts fewer real
+    samples than the pre-multiplication assumes, so the output is scaled up. For the common
+    ``kernel_size = 2*stride + 1``, ``padding = stride``, ``output_padding = stride - 1``
+    (e.g. 5, 2, 2, 1) the first output row and the first output column are 1.5x, and the
+    top-left corner 2.25x, the bilinear value; the rows and columns from the last input
+    sample on differ too. ``kernel_size = 2*stride - 1`` has no such border at the start. The
+    original's filler behaves the same (``tests/test_fillers.py`` pins these values).
+
+    Raises:
+      ValueError: unless ``kernel_size = 2*stride - 1 + 2n`` (n >= 0) per axis.
     """
     channels = _positive(channels, "channels")
     kh, kw = check_positive(kernel_size, "kernel_size")
@@ -190,7 +205,32 @@ def crf_perturbed_weight(rng, in_channels: int, out_channels: int, kernel_size: 
     return base.astype(dtype) + scale * noise
 
 
+def upsampling_weight(in_channels: int, out_channels: int, kernel_size: int) -> np.ndarray:
+    """Bilinear initialisation of FCN-8s' transposed convolutions (fcn8s ``get_upsampling_weight``).
+
+    ``F = (k + 1) // 2``, centre ``c = F - 1`` (odd ``k``) or ``F - 0.5`` (even ``k``),
+    ``filt[a, b] = (1 - |a - c| / F) * (1 - |b - c| / F)``, placed on the channel diagonal
+    (``weight[:, :, i, i] = filt`` for ``i < min(in, out)``), zero elsewhere.
+
+    Returns:
+      ``[k, k, in_channels, out_channels]`` float32 (HWIO; the original's ``[in, out, k, k]``).
+    """
+    in_channels = _positive(in_channels, "in_channels")
+    out_channels = _positive(out_channels, "out_channels")
+    k = _positive(kernel_size, "kernel_size")
+    factor = (k + 1) // 2
+    centre = factor - 1 if k % 2 == 1 else factor - 0.5
+    r = np.arange(k, dtype=np.float64)
+    taps = 1 - np.abs(r - centre) / factor
+    filt = np.outer(taps, taps)
+    weight = np.zeros((k, k, in_channels, out_channels), np.float64)
+    n = min(in_channels, out_channels)
+    weight[:, :, np.arange(n), np.arange(n)] = filt[:, :, None]
+    return weight.astype(np.float32)
+
+
 __all__ = [
+    "upsampling_weight",
     "gaussian_2d",
     "crf_weight",
     "crf_pool_weight",

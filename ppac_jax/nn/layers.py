@@ -33,6 +33,7 @@ from ppac_jax import ops
 from ppac_jax.nn import fillers
 from ppac_jax.ops.geometry import as_pair
 from ppac_jax.ops.kernel import parse_kernel_type
+from ppac_jax.ops.precision import matmul_precision
 
 IntOrPair = Union[int, Sequence[int]]
 
@@ -251,8 +252,8 @@ class PacConv2d(_PacConvBase):
       rngs: for the random fillers; default ``nnx.Rngs(0)``.
       param_dtype: dtype of the parameters.
       impl: ``"auto"`` (default) or ``"fused"``: with a guide, the adapting kernel is computed
-        inside the tap loop (``ops.fused_*``), never materialised; ``"patches"``, ``"shifted"``
-        or ``"loop"``: ``ops.pac_kernel`` first, then that implementation of the PAC op (also
+        inside the tap loop (``ops.fused_*``), never materialised; ``"patches"`` or
+        ``"loop"``: ``ops.pac_kernel`` first, then that implementation of the PAC op (also
         what a precomputed ``kernel=`` or a ``mask`` uses, with ``"auto"`` for ``"fused"``).
 
     Call: ``layer(x [B,H,W,Cin], guide [B,H,W,D])`` -> ``[B,Ho,Wo,Cout]``;
@@ -493,21 +494,31 @@ class Conv2d(nnx.Module):
     """Plain convolution mirroring ``torch.nn.Conv2d`` (names ``weight`` OIHW, ``bias``).
 
     PyTorch's default initialisation (``U(-s, s)``, ``s = 1/sqrt(Cin kh kw)``, weight and
-    bias). Call: ``layer(x [B,H,W,Cin])`` -> ``[B,Ho,Wo,Cout]`` (zero padding).
+    bias), or ``filler="zero"`` (weight and bias 0, e.g. FCN-8s' ``_initialize_weights``).
+    Call: ``layer(x [B,H,W,Cin])`` -> ``[B,Ho,Wo,Cout]`` (zero padding).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 bias=True, *, rngs: Optional[nnx.Rngs] = None, param_dtype=jnp.float32):
+                 bias=True, *, rngs: Optional[nnx.Rngs] = None, param_dtype=jnp.float32,
+                 filler: str = "uniform"):
+        if filler not in ("uniform", "zero"):
+            raise ValueError(f'filler must be "uniform" or "zero", got {filler!r}')
         self.in_channels = _check_channels(in_channels, "in_channels")
         self.out_channels = _check_channels(out_channels, "out_channels")
         self.kernel_size = as_pair(kernel_size, "kernel_size")
         self.stride = as_pair(stride, "stride")
         self.padding = as_pair(padding, "padding")
         self.dilation = as_pair(dilation, "dilation")
-        rng = _numpy_rng(rngs)
         kh, kw = self.kernel_size
+        shape = (kh, kw, self.in_channels, self.out_channels)
+        if filler == "zero":
+            self.weight = nnx.Param(jnp.zeros(shape, param_dtype), torch_layout="OIHW")
+            self.bias = (nnx.Param(jnp.zeros((self.out_channels,), param_dtype),
+                                   torch_layout="same") if bias else None)
+            return
+        rng = _numpy_rng(rngs)
         fan_in = self.in_channels * kh * kw
-        w = fillers.uniform_weight(rng, (kh, kw, self.in_channels, self.out_channels), fan_in)
+        w = fillers.uniform_weight(rng, shape, fan_in)
         self.weight = nnx.Param(jnp.asarray(w, param_dtype), torch_layout="OIHW")
         self.bias = (nnx.Param(jnp.asarray(fillers.uniform_weight(rng, (self.out_channels,),
                                                                   fan_in), param_dtype),
@@ -523,7 +534,7 @@ class Conv2d(nnx.Module):
             x.astype(dtype), w.astype(dtype), self.stride,
             [(p, p) for p in self.padding], rhs_dilation=self.dilation,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            precision=lax.Precision.HIGHEST)
+            precision=matmul_precision())
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y

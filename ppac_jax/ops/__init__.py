@@ -11,7 +11,7 @@ from ppac_jax.ops.fused import (fused_pac_conv2d, fused_pac_conv_transpose2d,
 from ppac_jax.ops.kernel import pac_kernel
 from ppac_jax.ops.pac import pac_conv2d, pac_conv_transpose2d, pac_pool2d
 from ppac_jax.ops.prob import normalized_pac_conv2d, prob_pac_conv2d
-from ppac_jax.ops.resize import resize_bilinear
+from ppac_jax.ops.resample import max_pool_ceil, resize_bilinear
 
 __all__ = [
     "pac_kernel",
@@ -37,4 +37,5 @@ __all__ = [
     "fused_pac_conv_transpose2d",
     "fused_prob_pac_conv2d",
     "resize_bilinear",
+    "max_pool_ceil",
 ]

@@ -30,6 +30,7 @@ from jax import lax
 
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops.kernel import compute_dtype, pac_kernel
+from ppac_jax.ops.precision import matmul_precision
 
 COMPAT_TYPES = ("na", "4d", "2d", "potts")
 FINAL_OUTPUTS = ("log_Q", "softmax", "log_softmax")
@@ -337,7 +338,7 @@ def crf_message(q, kernel, term: PairwiseTerm, params: TermParams):
                          shared_filters=term.shared_filters)
     if term.compat_type == "2d":
         m = jnp.einsum("bhwc,co->bhwo", m, params.compat.astype(m.dtype),
-                       precision=lax.Precision.HIGHEST)
+                       precision=matmul_precision())
     return blur_upsample(m, term.blur, out_size)
 
 
@@ -349,7 +350,7 @@ def _plain_conv(q, weight, *, dilation):
     return lax.conv_general_dilated(q.astype(dtype), weight.astype(dtype), (1, 1),
                                     [(pad, pad), (pad, pad)], rhs_dilation=(dilation, dilation),
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                    precision=lax.Precision.HIGHEST)
+                                    precision=matmul_precision())
 
 
 def _pac_message(q, kernel, weight, *, dilation, shared_filters):
@@ -435,7 +436,7 @@ def _window_message(q, kernel, weight, dilation, dense):
             taps = row_taps(i)
             if dense:
                 a = jnp.concatenate([q_t * k_t for q_t, k_t in taps], axis=-1)
-                return acc + jnp.dot(a, w_row, precision=lax.Precision.HIGHEST)
+                return acc + jnp.dot(a, w_row, precision=matmul_precision())
             for j, (q_t, k_t) in enumerate(taps):
                 acc = acc + q_t * (k_t * w_row[j])
             return acc
@@ -444,7 +445,7 @@ def _window_message(q, kernel, weight, dilation, dense):
             a = jnp.concatenate([q_t * k_t for i in range(k) for q_t, k_t in row_taps(i)],
                                 axis=-1)
             return jnp.dot(a, w_rows.reshape(k * k * channels, -1),
-                           precision=lax.Precision.HIGHEST)
+                           precision=matmul_precision())
         acc = jnp.zeros((batch, b.rows, width, out_channels), q.dtype)
         return lax.fori_loop(0, k, row, acc, unroll=k <= _UNROLL_MAX_K)
 
@@ -477,8 +478,8 @@ def _window_message_bwd(dilation, dense, residuals, ct):
             k_taps = [k_row[..., j, None] for j in range(k)]
             if dense:
                 a = jnp.concatenate([q_t * k_t for q_t, k_t in zip(q_taps, k_taps)], axis=-1)
-                dw_row = jnp.einsum("brwk,brwo->ko", a, ct_band, precision=lax.Precision.HIGHEST)
-                g = jnp.dot(ct_band, w_row.T, precision=lax.Precision.HIGHEST)  # [B,R,W,kC]
+                dw_row = jnp.einsum("brwk,brwo->ko", a, ct_band, precision=matmul_precision())
+                g = jnp.dot(ct_band, w_row.T, precision=matmul_precision())  # [B,R,W,kC]
                 grads = [g[..., j * channels:(j + 1) * channels] for j in range(k)]
             else:
                 dw_row = jnp.stack([jnp.sum(q_t * k_t * ct_band)

@@ -18,6 +18,7 @@ from ppac_jax.ops import geometry as geo
 from ppac_jax.ops import tap_loop
 from ppac_jax.ops.kernel import KERNEL_TYPES, _check_inv_param, centre_features, compute_dtype
 from ppac_jax.ops.pac import _add_bias, _check_weight
+from ppac_jax.ops.precision import matmul_precision
 from ppac_jax.ops.prob import _check_weight_norm, _divide, _summed_exp, check_confidence
 
 
@@ -41,6 +42,10 @@ def fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilati
 
     Returns:
       ``y [B, Ho, Wo, Cout]``, or ``(y, output_mask [B, Ho, Wo, 1])`` when ``mask`` is given.
+
+    A normalised gaussian kernel is computed in a stable form (its exponent shifted by its
+    maximum over the window's valid taps): float32 gradients stay finite where the raw
+    kernel's window sum underflows.
     """
     geo.check_rank(x, 4, "x", "B, H, W, Cin")
     geo.check_rank(guide, 4, "guide", "B, H, W, D")
@@ -79,6 +84,8 @@ def fused_pac_conv_transpose2d(x, guide, weight, bias=None, *, stride=1, padding
 
     Returns:
       ``y [B, Ho, Wo, Cout]``, or ``(y, output_mask [B, Ho, Wo, 1])`` when ``mask`` is given.
+
+    A normalised gaussian kernel is computed in a stable form, as in :func:`fused_pac_conv2d`.
     """
     geo.check_rank(x, 4, "x", "B, h, w, Cin")
     geo.check_rank(guide, 4, "guide", "B, Ho, Wo, D")
@@ -115,6 +122,9 @@ def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, 
 
     Returns:
       ``[B, Ho, Wo, Cout]``.
+
+    float32 gradients stay finite where the kernel's window sums underflow: the 1e-20 floor
+    takes over there, and the ratio is differentiated as a ratio (no squared denominator).
     """
     check_confidence(x, confidence)
     _check_weight(weight, x.shape[-1], shared_filters)
@@ -210,6 +220,9 @@ def _fused(src: _Sources, weight, bias, k, out_size, d, shared_filters, kopts, s
                          kernel_type=kernel_type, asym=asym, with_sum=normalize,
                          centre_tap=-1 if centre is not None else (k[0] // 2) * k[1] + k[1] // 2)
     ph = lambda a: tap_loop.to_phases(a, src.stride)
+    if normalize and kernel_type == "gaussian":
+        centre, plan = _shift_kernel(guide, guide_padded, centre, ph(guide_padded), ph(valid),
+                                     k, out_size, src.stride, d, gp, plan)
     x_src, guide_src, valid_src = x, guide_padded, valid
     if src.unpadded is not None:
         # The loop pads x, the guide and the validity itself (identical zero padding).
@@ -230,6 +243,18 @@ def _fused(src: _Sources, weight, bias, k, out_size, d, shared_filters, kopts, s
         return y
     output_mask = jnp.broadcast_to((ratio != 0).astype(dtype), (batch, *out_size, 1))
     return y, output_mask
+
+
+def _shift_kernel(guide, guide_padded, centre, guide_ph, valid_ph, k, out_size, stride, d,
+                  guide_pad, plan):
+    """``(centre with a last channel m, plan)`` for a stable normalised gaussian: the exponent
+    is shifted by its maximum over the valid taps (tap_loop.window_min_distance). The centre
+    then comes as an array (one ``[B, Ho, Wo, D + 1]`` buffer)."""
+    if centre is None:
+        centre = centre_features(guide, guide_padded, k, out_size, stride, d, guide_pad)
+    shift = tap_loop.window_min_distance(guide_ph, valid_ph, centre, plan)
+    centre = jnp.concatenate([centre, lax.stop_gradient(shift)[..., None]], axis=-1)
+    return centre, plan._replace(shifted=True, centre_tap=-1)
 
 
 def _fused_depthwise(x, guide, weight, stride, padding, dilation, kernel_type, asym, inv_alpha,
@@ -266,5 +291,5 @@ def _window_count(padded, k, out_size, stride, dilation):
     ones = jnp.ones((*k, 1, 1), padded.dtype)
     count = lax.conv_general_dilated(
         padded, ones, stride, "VALID", rhs_dilation=dilation,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=lax.Precision.HIGHEST)
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=matmul_precision())
     return count[:, :out_size[0], :out_size[1]]

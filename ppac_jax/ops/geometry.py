@@ -13,6 +13,8 @@ from typing import Iterator, Sequence, Tuple, Union
 import jax.numpy as jnp
 from jax import lax
 
+from ppac_jax.ops.precision import matmul_precision
+
 IntOrPair = Union[int, Sequence[int]]
 Pair = Tuple[int, int]
 
@@ -156,18 +158,6 @@ def tap_slice(x_pad, tap: Pair, out_size: Pair, stride: Pair, dilation: Pair):
     return lax.slice(x_pad, start, limit, (1, stride[0], stride[1], 1))
 
 
-def scatter_tap(update, padded_shape: Sequence[int], tap: Pair, stride: Pair, dilation: Pair):
-    """Adjoint of :func:`tap_slice`: place ``update`` ``[B, Ho, Wo, C]`` on the padded grid."""
-    i, j = tap
-    ho, wo = update.shape[1], update.shape[2]
-    lo = (i * dilation[0], j * dilation[1])
-    hi = (padded_shape[1] - lo[0] - (ho - 1) * stride[0] - 1,
-          padded_shape[2] - lo[1] - (wo - 1) * stride[1] - 1)
-    zero = jnp.zeros((), update.dtype)
-    return lax.pad(update, zero, [(0, 0, 0), (lo[0], hi[0], stride[0] - 1),
-                                  (lo[1], hi[1], stride[1] - 1), (0, 0, 0)])
-
-
 def taps(kernel_size: Pair) -> Iterator[Pair]:
     """All window offsets in row-major order (the order of the kernel's ``kh, kw`` axes)."""
     for i in range(kernel_size[0]):
@@ -184,7 +174,7 @@ def extract_windows(x_pad, kernel_size: Pair, out_size: Pair, stride: Pair, dila
     b, _, _, c = x_pad.shape
     patches = lax.conv_general_dilated_patches(
         x_pad, kernel_size, stride, "VALID", rhs_dilation=dilation,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=lax.Precision.HIGHEST)
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=matmul_precision())
     patches = patches[:, :out_size[0], :out_size[1]]
     # The patch axis is ordered (C, kh, kw).
     patches = patches.reshape(b, out_size[0], out_size[1], c, kernel_size[0], kernel_size[1])
@@ -226,3 +216,33 @@ def strip_fresh_rows(strip, start, rows):
     """``[rows]`` bool: the rows of strip ``strip`` (starting at ``start``) that no earlier
     strip covers (all but the moved-up last strip's overlap)."""
     return start + jnp.arange(rows) >= strip * rows
+
+
+def ring_taps() -> Tuple[Pair, ...]:
+    """The 8 taps of a 3x3 window without its centre, row-major: the "eight corners" ring.
+
+    Dilated by ``size`` they are the offsets ``(dy, dx)`` in ``{-size, 0, size}^2 \\ {(0, 0)}``
+    used by the affinity field losses (Ke et al. ECCV 2018); tap ``k`` and tap ``7 - k`` are
+    mirror images (``d_{7-k} = -d_k``).
+    """
+    return tuple(t for t in taps((3, 3)) if t != (1, 1))
+
+
+def ring_neighbours(x, size: int, *, pad_value=0, mode: str = "constant"):
+    """The 8 ring neighbours at distance ``size`` of every pixel.
+
+    x: ``[B, H, W, C]`` -> ``[B, H, W, C, 8]`` with ``out[b, y, x, c, k] = x[b, y + dy_k,
+    x + dx_k, c]``, ``d_k = (tap_k - 1) * size`` in :func:`ring_taps` order. Off-image
+    neighbours read ``pad_value`` (``mode="constant"``) or the nearest border pixel
+    (``mode="edge"``). The adjoint (gradient) adds back into ``x``; padding gets none.
+    """
+    if mode == "edge":
+        x_pad = jnp.pad(x, [(0, 0), (size, size), (size, size), (0, 0)], mode="edge")
+    elif mode == "constant":
+        pad = jnp.asarray(pad_value, x.dtype)
+        x_pad = lax.pad(x, pad, [(0, 0, 0), (size, size, 0), (size, size, 0), (0, 0, 0)])
+    else:
+        raise ValueError(f"mode must be 'constant' or 'edge', got {mode!r}")
+    out_size = (x.shape[1], x.shape[2])
+    return jnp.stack([tap_slice(x_pad, t, out_size, (1, 1), (size, size)) for t in ring_taps()],
+                     axis=-1)

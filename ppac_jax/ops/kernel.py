@@ -10,8 +10,13 @@ import jax.numpy as jnp
 from jax import lax
 
 from ppac_jax.ops import geometry as geo
+from ppac_jax.ops.precision import matmul_precision
 
 KERNEL_TYPES = ("gaussian", "inv")
+# Internal kernel type: the gaussian's exponent -x / 2 (for stable normalisation).
+_LOG_GAUSSIAN = "log_gaussian"
+# Cap of a shifted log-kernel (taps outside the shift's maximum only): e^50 is finite in float32.
+_MAX_SHIFTED_LOG = 50.0
 # Added to the squared distance of `inv` kernels before the power (reference value).
 _INV_EPS = 1e-4
 
@@ -55,6 +60,9 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
         cross-correlated with it (zero padding) at the window centre.
       channel_wise: keep one kernel per guidance channel.
       normalize: divide by the kernel's sum over the window (taps outside the input excluded).
+        A gaussian kernel is then normalised in a stable form, ``exp(l_t - max l) / sum(...)``
+        with ``l = -x / 2`` (equal in exact arithmetic): float32 values and gradients stay
+        finite where the raw window sum underflows (costs one max over the kernel's window).
       mask: optional ``[B, h_in, w_in, 1]`` 0/1 validity of the op's *input* samples (for
         ``transposed`` the low-resolution grid). Invalid taps get K = 0; without ``normalize``
         K is rescaled by the inverse fraction of valid taps.
@@ -117,15 +125,18 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
     dtype = compute_dtype(guide, smooth_kernel, alpha, lam)
     guide = guide.astype(dtype)
     pads = [(guide_pad[0],) * 2, (guide_pad[1],) * 2]
+    # A normalised gaussian kernel is built from its exponent (see _normalized_exp).
+    log_domain = normalize and kernel_type == "gaussian"
+    ktype = _LOG_GAUSSIAN if log_domain else kernel_type
     if channel_wise:
         kern = _channel_wise_kernel(guide, pads, k, out_size, guide_stride, d, guide_pad,
-                                    smooth_kernel, kernel_type, asym, alpha, lam)
+                                    smooth_kernel, ktype, asym, alpha, lam)
     elif batch * out_size[0] * out_size[1] < PLANAR_MIN_PIXELS:
         kern = _sliced_kernel(guide, pads, k, out_size, guide_stride, d, guide_pad,
-                              smooth_kernel, kernel_type, asym, alpha, lam)
+                              smooth_kernel, ktype, asym, alpha, lam)
     else:
         kern = _planar_kernel(guide, pads, k, out_size, guide_stride, d, guide_pad,
-                              smooth_kernel, kernel_type, asym, alpha, lam)
+                              smooth_kernel, ktype, asym, alpha, lam)
 
     output_mask = None
     if mask is not None or normalize:
@@ -133,8 +144,11 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
                               transposed)
         valid = pattern if mask is None else _input_taps(mask.astype(dtype), k, out_size, s, p,
                                                          op, d, transposed)
-        kern = kern * (valid[..., None] if channel_wise else valid)
-        if normalize:
+        if log_domain:
+            kern = _normalized_exp(kern, valid[..., None] if channel_wise else valid)
+        else:
+            kern = kern * (valid[..., None] if channel_wise else valid)
+        if normalize and not log_domain:
             norm = jnp.sum(kern, axis=(3, 4), keepdims=True)
             kern = kern / (norm + (norm == 0).astype(dtype))
         if mask is not None:
@@ -178,10 +192,27 @@ def tap_distance(features, centre, *, asym=False, channel_wise=False):
 
 def kernel_from_distance(dist, kernel_type, inv_alpha=None, inv_lambda=None):
     """Kernel value from a squared distance (any shape): ``exp(-x / 2)`` or
-    ``inv_alpha + (x + 1e-4) ** (inv_lambda / 2)``."""
+    ``inv_alpha + (x + 1e-4) ** (inv_lambda / 2)`` (internally also the gaussian's exponent)."""
     if kernel_type == "gaussian":
         return jnp.exp(-0.5 * dist)
+    if kernel_type == _LOG_GAUSSIAN:
+        return -0.5 * dist
     return inv_alpha + (dist + _INV_EPS) ** (0.5 * inv_lambda)
+
+
+def _normalized_exp(log_kernel, valid):
+    """``valid * exp(l) / sum_window(valid * exp(l))`` (0 for a window without a valid tap),
+    computed as ``exp(l - m)`` with ``m`` the window maximum of ``l`` over the valid taps: the
+    largest valid tap is 1, so the sum neither underflows nor is squared to 0 in the gradient.
+    ``m`` is held constant (the ratio does not depend on it). Taps with ``valid == 0`` are
+    capped at ``e^50`` times the largest valid one (no overflow; only their gradient w.r.t.
+    ``valid`` saturates beyond that ratio). Axes 3, 4 are the window."""
+    low = jnp.asarray(-jnp.inf, log_kernel.dtype)
+    peak = jnp.max(jnp.where(valid > 0, log_kernel, low), axis=(3, 4), keepdims=True)
+    peak = lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, jnp.zeros((), peak.dtype)))
+    kern = valid * jnp.exp(jnp.minimum(log_kernel - peak, _MAX_SHIFTED_LOG))
+    norm = jnp.sum(kern, axis=(3, 4), keepdims=True)
+    return kern / (norm + (norm == 0).astype(norm.dtype))
 
 
 def centre_features(guide, guide_padded, kernel_size, out_size, stride, dilation, guide_pad,
@@ -252,7 +283,7 @@ def _smoothed_centre(guide, smooth_kernel, out_size, stride, offset):
     rhs = jnp.broadcast_to(smooth_kernel[:, :, None, None], (*sk, 1, depth))
     return lax.conv_general_dilated(
         padded, rhs, stride, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=depth, precision=lax.Precision.HIGHEST)
+        feature_group_count=depth, precision=matmul_precision())
 
 
 def _input_taps(values, k, out_size, stride, padding, output_padding, dilation, transposed):
@@ -342,7 +373,8 @@ def _planar_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel
     centre = centre.reshape(depth, batch, *out_size)
     phases = geo.phase_split(padded, stride)
     phases = phases.reshape(*phases.shape[:2], depth, batch, *phases.shape[3:5])
-    params = () if kernel_type == "gaussian" else (alpha.astype(dtype), lam.astype(dtype))
+    params = (() if kernel_type in ("gaussian", _LOG_GAUSSIAN)
+              else (alpha.astype(dtype), lam.astype(dtype)))
     rows = max(1, KERNEL_STRIP_BYTES // (depth * batch * out_size[1] * dtype.itemsize))
     plan = _KernelPlan(k, out_size, stride, d, kernel_type, asym, min(rows, out_size[0]))
     kern = _kernel_taps(phases, centre, params, plan)

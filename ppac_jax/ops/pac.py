@@ -8,30 +8,28 @@ with two interchangeable implementations:
 
 * ``"patches"``: extract all windows (``lax.conv_general_dilated_patches``) and contract.
   Simple, but holds ``kh * kw`` copies of the input (and of its gradient).
-* ``"shifted"``: loop over the taps, each a strided slice times ``K[..., t]`` followed by a
-  1x1 contraction, accumulated in place. A custom VJP recomputes the slices in the backward
-  pass, so forward and backward memory are ``O(B * H * W * C)`` whatever the kernel size.
-  The loop is unrolled in Python (compile time grows with the kernel size).
 * ``"loop"``: the same product as a ``lax.fori_loop`` over the taps with dynamic slices
   (:mod:`ppac_jax.ops.tap_loop`, shared with the fused ops); compact programs, memory flat in
   the kernel size, the fastest on CPU for all but tiny problems.
 
 ``"auto"`` picks ``patches`` for tiny problems and ``loop`` otherwise (:func:`choose_impl`).
+``patches`` stays as the plain-autodiff reference that tests compare the loop against.
+``"shifted"`` (an unrolled Python loop over the taps) was removed: it is read as ``"loop"``.
 """
 
 from __future__ import annotations
 
-import functools
+import warnings
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops import tap_loop
 from ppac_jax.ops.kernel import compute_dtype
+from ppac_jax.ops.precision import matmul_precision
 
-IMPLS = ("auto", "patches", "shifted", "loop")
+IMPLS = ("auto", "patches", "loop")
 # `auto` uses `patches` only while its window tensor stays this small (bytes).
 _AUTO_PATCHES_MAX_BYTES = 1 << 20
 
@@ -61,7 +59,7 @@ def pac_conv2d(x, kernel, weight, bias=None, *, stride=1, padding=0, dilation=1,
       bias: optional ``[Cout]``.
       stride, padding, dilation: ints or pairs.
       shared_filters: see ``weight``.
-      impl: ``"auto"``, ``"patches"``, ``"shifted"`` or ``"loop"``.
+      impl: ``"auto"``, ``"patches"`` or ``"loop"`` (module docstring).
 
     Returns:
       ``[B, Ho, Wo, Cout]`` with ``Ho = (H + 2p - d(kh - 1) - 1) // s + 1`` (same for W).
@@ -188,6 +186,10 @@ def windowed_product(x_pad, kernel, weight, g: _Geometry, impl: str = "auto"):
     x_pad ``[B, Hp, Wp, C]`` (padded / zero-inserted); kernel ``[B, Ho, Wo, kh, kw(, C)]``;
     weight ``[kh, kw, C, O]`` (dense) or ``[kh, kw]`` -> ``[B, Ho, Wo, O or C]``.
     """
+    if impl == "shifted":  # removed implementation: same product, same numbers
+        warnings.warn('impl="shifted" was removed; using impl="loop"', DeprecationWarning,
+                      stacklevel=3)
+        impl = "loop"
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
@@ -197,8 +199,6 @@ def windowed_product(x_pad, kernel, weight, g: _Geometry, impl: str = "auto"):
     x_pad, kernel, weight = x_pad.astype(dtype), kernel.astype(dtype), weight.astype(dtype)
     if impl == "patches":
         y = _patches_product(x_pad, kernel, weight, g)
-    elif impl == "shifted":
-        y = _shifted_product(x_pad, kernel, weight, g)
     else:
         y = _loop_product(x_pad, kernel, weight, g)
     return y.astype(out_dtype)
@@ -215,8 +215,8 @@ def _patches_product(x_pad, kernel, weight, g: _Geometry):
     windows = geo.extract_windows(x_pad, g.kernel_size, g.out_size, g.stride, g.dilation)
     weighted = windows * (kernel if g.channel_wise else kernel[..., None])
     if g.dense:
-        return jnp.einsum("bhwijc,ijco->bhwo", weighted, weight)
-    return jnp.einsum("bhwijc,ij->bhwc", weighted, weight)
+        return jnp.einsum("bhwijc,ijco->bhwo", weighted, weight, precision=matmul_precision())
+    return jnp.einsum("bhwijc,ij->bhwc", weighted, weight, precision=matmul_precision())
 
 
 def _loop_product(x_pad, kernel, weight, g: _Geometry):
@@ -230,51 +230,3 @@ def _loop_product(x_pad, kernel, weight, g: _Geometry):
                          fused=False)
     y, _ = tap_loop.window_sum(tap_loop.to_phases(x_pad, g.stride), kern, None, None, w, (), plan)
     return y
-
-
-def _tap_kernel(kernel, tap, channel_wise):
-    k_t = kernel[:, :, :, tap[0], tap[1]]
-    return k_t if channel_wise else k_t[..., None]
-
-
-def _tap_forward(x_t, k_t, w_t, dense):
-    weighted = x_t * k_t
-    return weighted @ w_t if dense else weighted * w_t
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _shifted_product(x_pad, kernel, weight, g: _Geometry):
-    acc = None
-    for tap in geo.taps(g.kernel_size):
-        x_t = geo.tap_slice(x_pad, tap, g.out_size, g.stride, g.dilation)
-        term = _tap_forward(x_t, _tap_kernel(kernel, tap, g.channel_wise), weight[tap], g.dense)
-        acc = term if acc is None else acc + term
-    return acc
-
-
-def _shifted_fwd(x_pad, kernel, weight, g):
-    return _shifted_product(x_pad, kernel, weight, g), (x_pad, kernel, weight)
-
-
-def _shifted_bwd(g, residuals, ct):
-    x_pad, kernel, weight = residuals
-    d_x = jnp.zeros_like(x_pad)
-    d_kernel, d_weight = [], []
-    for tap in geo.taps(g.kernel_size):
-        x_t = geo.tap_slice(x_pad, tap, g.out_size, g.stride, g.dilation)
-        k_t = _tap_kernel(kernel, tap, g.channel_wise)
-        if g.dense:
-            ct_in = ct @ weight[tap].T                                  # [B, Ho, Wo, C]
-            d_weight.append(jnp.einsum("bhwc,bhwo->co", x_t * k_t, ct))
-        else:
-            ct_in = ct * weight[tap]
-            d_weight.append(jnp.sum(x_t * k_t * ct))
-        d_k = x_t * ct_in
-        d_kernel.append(d_k if g.channel_wise else jnp.sum(d_k, axis=-1))
-        d_x = d_x + geo.scatter_tap(ct_in * k_t, x_pad.shape, tap, g.stride, g.dilation)
-    d_kernel = jnp.stack(d_kernel, axis=3).reshape(kernel.shape)
-    d_weight = jnp.stack(d_weight).reshape(weight.shape)
-    return d_x, d_kernel, d_weight
-
-
-_shifted_product.defvjp(_shifted_fwd, _shifted_bwd)

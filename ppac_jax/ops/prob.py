@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops.pac import pac_conv2d
+from ppac_jax.ops.precision import matmul_precision
 
 # Lower bound of the normaliser (reference value).
 _MIN_DENOMINATOR = 1e-20
@@ -62,7 +63,8 @@ def normalized_pac_conv2d(x, kernel, weight, weight_norm, bias=None, *, stride=1
     if kernel.ndim != 5:
         raise ValueError(f"kernel must be [B, Ho, Wo, kh, kw], got {kernel.shape}")
     norm_weight = _summed_exp(weight_norm)[:, :, 0, :]      # [kh, kw, O]
-    denominator = jnp.einsum("bhwij,ijo->bhwo", kernel, norm_weight.astype(kernel.dtype))
+    denominator = jnp.einsum("bhwij,ijo->bhwo", kernel, norm_weight.astype(kernel.dtype),
+                             precision=matmul_precision())
     return _divide(numerator, denominator, bias)
 
 

@@ -38,6 +38,7 @@ from jax import lax
 
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops.kernel import kernel_from_distance, tap_distance
+from ppac_jax.ops.precision import matmul_precision
 
 # Taps handled per loop step (measured on a 2-core CPU with row strips).
 DEFAULT_GROUP = 0      # 0: one window row (see _steps)
@@ -64,6 +65,9 @@ class Plan(NamedTuple):
     asym: bool = False
     with_sum: bool = False    # also return N = sum_t K_t v_t
     centre_tap: int = -1      # fused without a centre array: the centre is this tap's guide
+    # fused gaussian: the centre array's last channel is a per-pixel shift m of the squared
+    # distance, K_t = exp(-(d_t - m) / 2) (see window_min_distance)
+    shifted: bool = False
     rows: int = -1            # output rows per strip (0: no strips, -1: choose, see STRIP_BYTES)
     group: int = DEFAULT_GROUP
     planar: bool = False      # sources and results are tuples of per-channel planes (internal)
@@ -284,7 +288,11 @@ def _group_terms(xs, ks, vs, centre, ws, params, plan: Plan):
     kernels = []
     for g, k_src in enumerate(ks):
         if plan.fused:
-            dist = tap_distance(k_src, centre, asym=plan.asym)
+            if plan.shifted:
+                dist = _shifted(tap_distance(k_src, centre[..., :-1], asym=plan.asym),
+                                centre[..., -1])
+            else:
+                dist = tap_distance(k_src, centre, asym=plan.asym)
             kern = kernel_from_distance(dist, plan.kernel_type, *params)[..., None]
         else:
             # A dense product's kernel may come without a channel axis: its per-tap gradient
@@ -297,7 +305,7 @@ def _group_terms(xs, ks, vs, centre, ws, params, plan: Plan):
     weighted = [x * kern for x, kern in zip(xs, kernels)]
     if plan.dense:
         lhs = weighted[0] if len(weighted) == 1 else jnp.concatenate(weighted, axis=-1)
-        u = lhs @ ws.reshape(-1, ws.shape[-1])
+        u = jnp.matmul(lhs, ws.reshape(-1, ws.shape[-1]), precision=matmul_precision())
     else:
         u = functools.reduce(jnp.add, [w * ws[g] for g, w in enumerate(weighted)])
     n = functools.reduce(jnp.add, kernels) if plan.with_sum else None
@@ -312,8 +320,11 @@ def _group_terms_planar(xs, ks, vs, centre, ws, params, plan: Plan):
     for g, k_src in enumerate(ks):
         if plan.fused:
             # tap_distance per plane (channel_wise) summed over the planes: the one formula.
+            features = centre[:-1] if plan.shifted else centre
             dist = add([tap_distance(f, c, asym=plan.asym, channel_wise=True)
-                        for f, c in zip(k_src, centre)])
+                        for f, c in zip(k_src, features)])
+            if plan.shifted:
+                dist = _shifted(dist, centre[-1])
             kern = (kernel_from_distance(dist, plan.kernel_type, *params),)
         else:
             kern = k_src                       # one plane, or one per channel (channel-wise)
@@ -326,6 +337,46 @@ def _group_terms_planar(xs, ks, vs, centre, ws, params, plan: Plan):
               for c in range(channels))
     n = (add([kern[0] for kern in kernels]),) if plan.with_sum else None
     return u, n
+
+
+def _shifted(dist, shift):
+    """``dist - shift``. Counted taps have ``dist >= shift`` up to rounding (no comparison here:
+    it would cut the gradient of the window's nearest tap); the floor only keeps taps the
+    minimum did not count, which the validity zeroes, from overflowing exp."""
+    return jnp.maximum(dist - shift, jnp.asarray(_SHIFT_FLOOR, dist.dtype))
+
+
+# exp(-_SHIFT_FLOOR / 2) = e^50 stays finite in float32 (as ops.kernel's cap)
+_SHIFT_FLOOR = -100.0
+
+
+def window_min_distance(guide_ph, v_ph, centre, plan: Plan):
+    """Smallest squared guide distance over the *counted* taps of every window: ``[B, Ho, Wo]``.
+
+    ``guide_ph``: padded guide phases ``[sh, sw, B, Hq, Wq, D]``; ``v_ph``: phases
+    ``[sh, sw, B or 1, Hq, Wq, 1]`` of a map that is > 0 where a tap counts, or ``None`` (all
+    count); ``centre``: ``[B, Ho, Wo, D]``. 0 for a window where no tap counts.
+
+    A normalised gaussian kernel ``K_t / sum_t K_t`` is unchanged when every ``K_t`` of a
+    window is multiplied by the same factor; with ``plan.shifted`` the window sums use
+    ``exp(-(d_t - m) / 2)`` with this minimum ``m`` (the exponent shifted by its window
+    maximum), whose largest counted tap is 1, so float32 neither underflows the sum nor squares
+    a tiny sum in the gradient. One extra loop over the taps of the guide only (no input
+    channels, no gradient).
+    """
+    plan = plan._replace(planar=False, rows=0)
+    guide_ph, centre = lax.stop_gradient(guide_ph), lax.stop_gradient(centre)
+    inf = jnp.asarray(jnp.inf, centre.dtype)
+
+    def tap(t, low):
+        dist = tap_distance(_window(guide_ph, t, plan), centre, asym=plan.asym)
+        if v_ph is not None:
+            dist = jnp.where(_window(v_ph, t, plan)[..., 0] > 0, dist, inf)
+        return jnp.minimum(low, dist)
+
+    taps = plan.kernel_size[0] * plan.kernel_size[1]
+    low = lax.fori_loop(0, taps, tap, jnp.full(centre.shape[:3], inf))
+    return jnp.where(jnp.isinf(low), jnp.zeros((), low.dtype), low)
 
 
 def _steps(plan: Plan):

@@ -26,7 +26,7 @@ class MetricWriter:
         if not self.active:
             return
         os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter

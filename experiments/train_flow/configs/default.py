@@ -32,7 +32,7 @@ def get_config() -> ConfigDict:
         depth_layers_guidance=(3, 15, 15, 10),
         depth_layers_joint=(2, 2, 2),
         model_seed=0,
-        pac_impl="patches",  # windowed-product implementation of the PPAC layers (see README)
+        pac_impl="auto",  # PPAC layers: fused tap loop; measured in benchmarks/TRAIN_FLOW_IMPL.md
     ))
     config.train = ConfigDict(dict(
         steps=300,

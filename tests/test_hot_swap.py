@@ -1,0 +1,142 @@
+"""nn.hot_swap: PAC layers swapped into any NNX model (FCN8sPac and an unrelated small CNN)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ppac_jax import convert, nn
+
+
+class SmallCNN(nnx.Module):
+    """Not an FCN: nnx.Conv and nn.Conv2d in a list, a strided conv, a nested block."""
+
+    def __init__(self, rngs):
+        self.stem = nnx.Conv(3, 8, (3, 3), padding="SAME", param_dtype=jnp.float64, rngs=rngs)
+        self.act = nn.ReLU()
+        self.body = nnx.List([nn.Conv2d(8, 8, 3, padding=1, param_dtype=jnp.float64, rngs=rngs),
+                              nn.Conv2d(8, 8, 5, padding=4, dilation=2,
+                                        param_dtype=jnp.float64, rngs=rngs)])
+        self.down = nnx.Conv(8, 6, (3, 3), strides=2, padding=1, param_dtype=jnp.float64,
+                             rngs=rngs)
+        self.head = nn.Conv2d(6, 4, 1, param_dtype=jnp.float64, rngs=rngs)
+
+    def __call__(self, x):
+        h = self.act(self.stem(x))
+        for conv in self.body:
+            h = jax.nn.relu(conv(h))
+        return self.head(jax.nn.relu(self.down(h)))
+
+
+SWAP = ["stem", "body.0", "body.1", "down"]
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return SmallCNN(nnx.Rngs(3))
+
+
+def _x(shape=(2, 12, 14, 3), seed=0):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape))
+
+
+@nnx.jit
+def _apply(model, x):
+    return model(x)
+
+
+@nnx.jit
+def _apply_guided(model, x, guide):
+    nn.set_guide(model, guide)
+    return model(x)
+
+
+def _params(model):
+    return {".".join(map(str, p)): np.asarray(v.get_value())
+            for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def test_constant_guide_equals_original_model(cnn):
+    swapped = nn.hot_swap(cnn, SWAP)
+    assert all(isinstance(swapped.body[i], nn.HotSwappedPacConv2d) for i in (0, 1))
+    assert isinstance(swapped.stem, nn.PacConv2d) and isinstance(swapped.down, nn.PacConv2d)
+    x = _x()
+    ref = np.asarray(_apply(cnn, x))
+    # constant guide (any value), Gaussian kernel: K = 1 at every tap
+    for value in (0.0, 3.5):
+        out = np.asarray(_apply_guided(swapped, x, jnp.full((2, 12, 14, 2), value)))
+        np.testing.assert_allclose(out, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
+    # a varying guide does change the output: the swapped layers really run as PAC
+    moved = np.asarray(_apply_guided(swapped, x, _x((2, 12, 14, 2), seed=1)))
+    assert np.abs(moved - ref).max() > 1e-3 * np.abs(ref).max()
+
+
+def test_parameters_keep_their_values_and_original_is_untouched(cnn):
+    before = _params(cnn)
+    swapped = nn.hot_swap(cnn, SWAP)
+    after = _params(swapped)
+    assert after.keys() - before.keys() == {"stem.weight", "down.weight"}   # nnx.Conv kernels
+    for name in ("body.0.weight", "body.0.bias", "body.1.weight", "head.weight"):
+        np.testing.assert_array_equal(after[name], before[name])
+    np.testing.assert_array_equal(after["stem.weight"], before["stem.kernel"])
+    np.testing.assert_array_equal(after["down.bias"], before["down.bias"])
+    assert isinstance(cnn.body[0], nn.Conv2d) and type(cnn.stem) is nnx.Conv
+    np.testing.assert_array_equal(_params(cnn)["body.0.weight"], before["body.0.weight"])
+
+
+def test_no_selected_convs_is_unchanged(cnn):
+    same = nn.hot_swap(cnn, [])
+    assert type(same.body[0]) is nn.Conv2d
+    x = _x()
+    np.testing.assert_array_equal(np.asarray(_apply(same, x)), np.asarray(_apply(cnn, x)))
+    a, b = _params(same), _params(cnn)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_bad_selection_names_the_layer(cnn):
+    with pytest.raises(ValueError, match="'body.7'"):
+        nn.hot_swap(cnn, ["body.0", "body.7"])
+    with pytest.raises(ValueError, match="'act'.*not a convolution"):
+        nn.hot_swap(cnn, ["act"])
+    with pytest.raises(ValueError, match="guide_from='nope'"):
+        nn.hot_swap(cnn, ["body.0"], guide_from="nope")
+    with pytest.raises(ValueError, match="no guide"):
+        nn.hot_swap(cnn, ["body.0"])(_x())
+
+
+def test_guide_from_an_inner_layer(cnn):
+    """The guide is the output of ``act``; guide_scale 0 makes it constant (= the original)."""
+    x = _x()
+    ref = np.asarray(_apply(cnn, x))
+    zero = nn.hot_swap(cnn, ["body.0", "body.1", "down"], guide_from="act", guide_scale=0.0)
+    np.testing.assert_allclose(np.asarray(_apply(zero, x)), ref, rtol=0,
+                               atol=1e-12 * np.abs(ref).max())
+    live = nn.hot_swap(cnn, ["body.0", "body.1", "down"], guide_from="act", guide_scale=0.5)
+    out = np.asarray(_apply(live, x))
+    assert np.abs(out - ref).max() > 1e-3 * np.abs(ref).max()
+
+
+def test_reproduces_fcn8spac():
+    """hot_swap(FCN8sAltPad(upsample="bilinear")) at conv3_3/4_3/5_3 from relu2_2 x 1e-4 is
+    FCN8sPac: same state-dict names, same outputs for the same weights."""
+    kw = dict(width=1 / 16, init="he", param_dtype=jnp.float64)
+    swapped = nn.hot_swap(nn.FCN8sAltPad(3, upsample="bilinear", **kw),
+                          ["conv3_3", "conv4_3", "conv5_3"], guide_from="relu2_2",
+                          guide_scale=1e-4)
+    pac = nn.FCN8sPac(3, **kw)
+    sd = convert.export_torch_weights(swapped)
+    assert set(sd) == set(convert.torch_variables(pac))
+    # make the guide matter: large relu2_2 activations (the 1e-4 scale expects VGG's)
+    sd = {k: v * (40.0 if k.startswith("conv2_2") else 1.0) for k, v in sd.items()}
+    convert.load_torch_weights(swapped, sd)
+    convert.load_torch_weights(pac, sd)
+    swapped.eval()
+    pac.eval()
+    x = _x((1, 32, 32, 3), seed=4) * 60
+    a, b = np.asarray(_apply(swapped, x)), np.asarray(_apply(pac, x))
+    np.testing.assert_array_equal(a, b)
+    plain = nn.FCN8sAltPad(3, upsample="bilinear", **kw)
+    convert.load_torch_weights(plain, sd)
+    plain.eval()
+    assert np.abs(np.asarray(_apply(plain, x)) - a).max() > 0   # the PAC layers do adapt
