@@ -1,6 +1,7 @@
 """Joint-upsampling comparison on the built-in scenes: every model trained with the same budget.
 
-    python -m benchmarks.upsample                       # depth and flow, x4 x8 x16 (<= 20 min)
+    python -m benchmarks.upsample                       # depth and flow, x4 x8 x16 (~20 min
+                                                        # estimated on an idle 2-core CPU)
     python -m benchmarks.upsample --tasks depth --factors 8 --steps 400 --out table.md
 
 For each task (depth: RMSE in metres; flow: EPE in pixels) and factor, Bilinear,
