@@ -274,6 +274,7 @@ class ConfusionMatrix:
         """
         return mean_class_accuracy_from_confusion(self.matrix)
 
+
 def boundary_band(labels, *, width: int = 3):
     """Pixels within ``width`` pixels of a ground-truth boundary (the "trimap" band).
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from experiments.train_segmentation import registry
 from ppac_jax import nn
 from ppac_jax.nn.segment import top_left_crop
 
@@ -168,16 +169,6 @@ def hotswap_optimizer(config, params):
     return optax.adam(_piecewise([(0, lr), (2 * total // 3, 0.1 * lr)]))
 
 
-def register(registry):
-    registry.register_method("paccrf", registry.Method(
-        build=build_paccrf, forward=paccrf_forward, make_optimizer=paccrf_optimizer,
-        uses_data_info=True))
-    registry.register_method("hotswap", registry.Method(
-        build=build_hotswap, forward=hotswap_forward, make_optimizer=hotswap_optimizer,
-        uses_data_info=True))
-    register_both(registry)
-
-
 def build_hotswap_paccrf(config, num_classes, *, info=None):
     """Both: the hot-swapped baseline (``build_hotswap``) as the backbone of the PAC-CRF head."""
     if config.backbone != "baseline":
@@ -188,7 +179,12 @@ def build_hotswap_paccrf(config, num_classes, *, info=None):
                            rngs=nnx.Rngs(config.model.model_seed))
 
 
-def register_both(registry):
-    registry.register_method("hotswap_paccrf", registry.Method(
-        build=build_hotswap_paccrf, forward=paccrf_forward, make_optimizer=paccrf_optimizer,
-        uses_data_info=True))
+registry.register_method("paccrf", registry.Method(
+    build=build_paccrf, forward=paccrf_forward, make_optimizer=paccrf_optimizer,
+    uses_data_info=True))
+registry.register_method("hotswap", registry.Method(
+    build=build_hotswap, forward=hotswap_forward, make_optimizer=hotswap_optimizer,
+    uses_data_info=True))
+registry.register_method("hotswap_paccrf", registry.Method(
+    build=build_hotswap_paccrf, forward=paccrf_forward, make_optimizer=paccrf_optimizer,
+    uses_data_info=True))

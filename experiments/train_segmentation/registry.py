@@ -171,8 +171,6 @@ def make_cross_entropy(config):
 register_loss("ce", Loss(make=make_cross_entropy))
 
 
-from experiments.train_segmentation import pac_methods  # noqa: E402  (paccrf, hotswap)
-
-pac_methods.register(__import__(__name__, fromlist=["register_method"]))
-
+# Methods and losses of other modules register themselves when imported (they import this one).
 from experiments.train_segmentation import aaf as _aaf  # noqa: E402,F401  (segmenter, affinity, aaf)
+from experiments.train_segmentation import pac_methods as _pac  # noqa: E402,F401  (paccrf, hotswap)
