@@ -126,10 +126,9 @@ def train_config(cfg, progress=True):
 
 def load_pretrained(trainer, path, log=print, pac_impl="auto"):
     """Put weights from ``path`` into ``trainer`` (a ppac-jax workdir, or an original .pth)."""
-    import jax
     from flax import nnx
 
-    from ppac_jax.train import replicated, restore_params
+    from ppac_jax.train import restore_params
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"--pretrained: no such file or directory: {path}")
@@ -140,11 +139,8 @@ def load_pretrained(trainer, path, log=print, pac_impl="auto"):
 
     model = load_ppacnet(path, impl=pac_impl)
     _, params, _ = nnx.split(model, nnx.Param, ...)
-    ours = trainer.state["params"]
-    if jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(ours):
-        raise ValueError(f"--pretrained {path}: the checkpoint's network does not match the "
-                         "configured PPacNet (check depth_layers_* and conv_specification)")
-    trainer.state = dict(trainer.state, params=jax.device_put(params, replicated(trainer.mesh)))
+    trainer.set_params(params, mismatch=f"--pretrained {path}: the checkpoint's network does not "
+                       "match the configured PPacNet (check depth_layers_* and conv_specification)")
     log(f"loaded original weights from {path}")
 
 

@@ -92,10 +92,9 @@ def train_config(cfg, progress=True):
 def load_pretrained(trainer, path, cfg, method, num_classes, log=print):
     """Put weights from ``path`` into ``trainer``: a ppac-jax workdir, or an original weight
     file the method can read (PPAC: ``segmentation_refinement_pascal.pth``)."""
-    import jax
     from flax import nnx
 
-    from ppac_jax.train import replicated, restore_params
+    from ppac_jax.train import restore_params
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"--pretrained: no such file or directory: {path}")
@@ -106,14 +105,9 @@ def load_pretrained(trainer, path, cfg, method, num_classes, log=print):
         raise ValueError(f"--pretrained {path}: method {cfg.method!r} reads only ppac-jax workdirs")
     model = method.load_original(path, cfg, num_classes)
     _, params, _ = nnx.split(model, nnx.Param, ...)
-    ours = trainer.state["params"]
-    if jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(ours) or any(
-            a.shape != b.shape for a, b in zip(jax.tree_util.tree_leaves(params),
-                                               jax.tree_util.tree_leaves(ours))):
-        raise ValueError(f"--pretrained {path}: the file's network does not match the configured "
-                         f"one for {num_classes} classes (check model.depth_layers_* and "
-                         f"data.num_classes)")
-    trainer.state = dict(trainer.state, params=jax.device_put(params, replicated(trainer.mesh)))
+    trainer.set_params(params, mismatch=f"--pretrained {path}: the file's network does not match "
+                       f"the configured one for {num_classes} classes (check "
+                       f"model.depth_layers_* and data.num_classes)")
     log(f"loaded original weights from {path}")
 
 

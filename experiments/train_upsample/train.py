@@ -116,11 +116,10 @@ def train_config(cfg, progress=True):
 def load_pretrained(trainer, path, log=print):
     """Put weights from ``path`` into ``trainer`` (a ppac-jax workdir, or an original .pth
     state dict of the configured model)."""
-    import jax
     from flax import nnx
 
     from ppac_jax import convert
-    from ppac_jax.train import replicated, restore_params
+    from ppac_jax.train import restore_params
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"--pretrained: no such file or directory: {path}")
@@ -134,7 +133,8 @@ def load_pretrained(trainer, path, log=print):
         raise ValueError(f"--pretrained {path}: the checkpoint does not match the configured "
                          f"model ({e})") from None
     _, params, _ = nnx.split(model, nnx.Param, ...)
-    trainer.state = dict(trainer.state, params=jax.device_put(params, replicated(trainer.mesh)))
+    trainer.set_params(params, mismatch=f"--pretrained {path}: the checkpoint does not match the "
+                       "configured model")
     log(f"loaded original weights from {path}")
 
 

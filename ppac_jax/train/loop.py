@@ -108,6 +108,19 @@ class Trainer:
         return nnx.merge(self.graphdef, self.state["params"] if params is None else params,
                          self.rest)
 
+    def set_params(self, params, *, mismatch: str) -> None:
+        """Replace the trainable parameters (e.g. weights read from an original checkpoint).
+
+        Raises:
+          ValueError: ``mismatch``, when ``params`` differ from the model's in structure or shape.
+        """
+        ours = self.state["params"]
+        leaves, own = jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(ours)
+        if (jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(ours)
+                or any(a.shape != b.shape for a, b in zip(leaves, own))):
+            raise ValueError(mismatch)
+        self.state = dict(self.state, params=jax.device_put(params, replicated(self.mesh)))
+
     def _step(self, state, rest, batch):
         def loss_fn(params):
             model = nnx.merge(self.graphdef, params, rest)
