@@ -1,6 +1,6 @@
 """Which ops the PAC layers call (issue 11 item 5): a guided call takes the guided (fused) op
-wherever ops has one, whatever ``impl``; a precomputed ``kernel=`` takes the product with
-``impl``; and the guided pooling equals the two-step reference."""
+wherever ops has one (``impl="patches"``: the two-step reference); a precomputed ``kernel=``
+takes the product with ``impl``; and the guided pooling equals the two-step reference."""
 
 import collections
 
@@ -52,7 +52,7 @@ LAYERS = {
 }
 
 
-@pytest.mark.parametrize("impl", ["patches", "auto"])
+@pytest.mark.parametrize("impl", ["loop", "auto"])
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_guided_call_takes_the_fused_op(name, impl, calls):
     make, args, fused = LAYERS[name]
@@ -60,6 +60,14 @@ def test_guided_call_takes_the_fused_op(name, impl, calls):
     assert y.shape[0] == 1
     assert calls[fused] == 1, dict(calls)
     assert calls["pac_kernel"] == 0, dict(calls)          # the kernel is never materialised
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_patches_is_the_two_step_reference_also_with_a_guide(name, calls):
+    make, args, fused = LAYERS[name]
+    nnx.jit(lambda layer, *a: layer(*a))(make("patches"), *args)
+    assert calls[fused] == 0 and calls["pac_kernel"] == 1, dict(calls)
+    assert sum(v for k, v in calls.items() if k.endswith(":patches")) == 1, dict(calls)
 
 
 def test_precomputed_kernel_takes_the_product_with_impl(calls):

@@ -85,9 +85,10 @@ class _PacBase(nnx.Module):
     parameters, and the call.
 
     A call with a guide takes the guided engine path (``ops.fused_*``: the kernel computed
-    inside the tap loop, never materialised) wherever ops has one (:meth:`_guided`); a call with
-    a precomputed ``kernel=`` takes the product ``ops.pac_*(x, kernel, ...)`` with the layer's
-    ``impl`` (:meth:`_product`). Subclasses give both.
+    inside the tap loop, never materialised) wherever ops has one (:meth:`_guided`), except
+    with ``impl="patches"``, the plain-autodiff reference (``ops.pac_kernel``, then the patches
+    product); a call with a precomputed ``kernel=`` takes the product ``ops.pac_*(x, kernel,
+    ...)`` with the layer's ``impl`` (:meth:`_product`). Subclasses give both.
     """
 
     def __init__(self, kernel_size, stride, padding, dilation, output_padding, transposed,
@@ -176,7 +177,8 @@ class _PacBase(nnx.Module):
             return self._product(*inputs, kernel=kernel)
         if guide is None:
             raise ValueError("guide is required when no precomputed kernel is given")
-        y = self._guided(*inputs, guide=guide, mask=mask)
+        y = NotImplemented if self.impl == "patches" else self._guided(*inputs, guide=guide,
+                                                                        mask=mask)
         if y is not NotImplemented:
             return y
         kernel, output_mask = self.compute_kernel(guide, mask)
@@ -293,10 +295,12 @@ class PacConv2d(_PacConvBase):
       native_impl: accepted for compatibility (ignored).
       rngs: for the random fillers; default ``nnx.Rngs(0)``.
       param_dtype: dtype of the parameters.
-      impl: product implementation of a call with a precomputed ``kernel=``: ``"auto"``
-        (default), ``"patches"`` or ``"loop"`` (``"fused"`` is read as ``"auto"``). A call with
-        a guide (and ``mask``) always computes the adapting kernel inside the tap loop
-        (``ops.fused_*``), never materialised.
+      impl: the product implementation. ``"auto"`` (default), ``"loop"`` or ``"fused"``
+        (read as ``"auto"``): a call with a guide (and ``mask``) takes the guided engine,
+        ``ops.fused_*`` (the adapting kernel computed inside the tap loop, never
+        materialised); a precomputed ``kernel=`` takes ``ops.pac_conv2d(..., impl)``.
+        ``"patches"``: the plain-autodiff reference, ``ops.pac_kernel`` then the patches
+        product, for guided calls too.
 
     Call: ``layer(x [B,H,W,Cin], guide [B,H,W,D])`` -> ``[B,Ho,Wo,Cout]``;
     ``layer(x, kernel=K)`` with a precomputed ``[B,Ho,Wo,kh,kw]`` kernel;
@@ -353,7 +357,7 @@ class PacPool2d(_PacBase):
         parameters ``[C]``.
       native_impl: ignored.
       rngs, param_dtype: as :class:`PacConv2d`.
-      impl: as :class:`PacConv2d`; a guided call runs ``ops.fused_pac_conv2d`` with one
+      impl: as :class:`PacConv2d`; the guided engine is ``ops.fused_pac_conv2d`` with one
         all-ones filter shared by the channels (the same sum). A channel-wise kernel has no
         guided form in ops: it is computed with ``ops.pac_kernel`` first, then ``impl``.
 
