@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ppac_jax.ops import autodiff
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops.kernel import compute_dtype, pac_kernel
 from ppac_jax.ops.precision import matmul_precision
@@ -405,7 +406,7 @@ def _weight_rows(weight, dense):
     return weight.reshape(k, k * weight.shape[2], -1) if dense else weight.reshape(k, k)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+@functools.partial(autodiff.custom_vjp, nondiff_argnums=(3, 4))
 def _window_message(q, kernel, weight, dilation, dense):
     """``y[o] = sum_t K[o, t] * q_pad[o + d t] @ W[t]`` ("same" zero padding), in row bands.
 
