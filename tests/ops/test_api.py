@@ -324,8 +324,6 @@ RECORDS = {"PairwiseTerm", "TermParams"}
 POSITIONAL_TODAY = {
     "make_term": "ppac_jax/nn/crf.py and nn/crf_models.py pass the options positionally",
     "position_features": "ppac_jax/nn/crf_models.py passes scales positionally",
-    "yxrgb_features": "tests pass yx_scale, rgb_scale positionally",
-    "crf_output": "mean_field's callers pass final_output positionally",
     "max_pool_ceil": "ops/resample.py: window and stride are positional",
 }
 
