@@ -168,7 +168,7 @@ def _cases():
                _positive(13, B, -(-8 // t.blur), -(-9 // t.blur), t.kernel_size, t.kernel_size)
                for t in terms]
     cases["position_features"] = [("", lambda s: ops.position_features((8, 9), s), (jnp.ones(2, _F),))]
-    cases["yxrgb_features"] = [("", lambda im: ops.yxrgb_features(im, 8.0, 0.5), (image,))]
+    cases["yxrgb_features"] = [("", lambda im: ops.yxrgb_features(im, yx_scale=8.0, rgb_scale=0.5), (image,))]
     cases["blur_pool"] = [("", lambda v: ops.blur_pool(v, 2), (q,))]
     cases["blur_upsample"] = [("", lambda v: ops.blur_upsample(v, 2, (8, 9)), (q[:, :4, :5],))]
     cases["crf_edge_kernels"] = [("", lambda f: ops.crf_edge_kernels(f, terms), (feats,))]
@@ -180,7 +180,7 @@ def _cases():
                                  (jnp.log(q), q, kernels, params))]
     cases["mean_field"] = [("scan", lambda u, ks, ps: ops.mean_field(u, ks, terms, ps, num_steps=2),
                             (jnp.log(q), kernels, params))]
-    cases["crf_output"] = [("", lambda lq: ops.crf_output(lq, "softmax"), (jnp.log(q),))]
+    cases["crf_output"] = [("", lambda lq: ops.crf_output(lq, final_output="softmax"), (jnp.log(q),))]
     cases["pac_crf"] = [("", lambda u, f, ps: ops.pac_crf(u, f, terms, ps, num_steps=2),
                          (jnp.log(q), feats, params))]
     cases["resize_bilinear"] = [("", lambda v: ops.resize_bilinear(v, (13, 7)), (q,))]
