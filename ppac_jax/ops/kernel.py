@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ppac_jax.ops import autodiff
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops.precision import matmul_precision
 
@@ -442,7 +443,7 @@ def _strips(plan: _KernelPlan):
     return -(-plan.out_size[0] // plan.rows), halo
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+@functools.partial(autodiff.custom_vjp, nondiff_argnums=(3,))
 def _kernel_taps(phases, centre, params, plan: _KernelPlan):
     """Tap-major kernel ``[T, B, Ho, Wo]`` from guide phases ``[sh, sw, D, B, Hq, Wq]`` and the
     planar window centres ``[D, B, Ho, Wo]``."""

@@ -9,7 +9,7 @@ import pytest
 
 from ppac_jax import ops
 from tests import golden as G
-from tests.test_ops_golden import _check_case, _kernel_options
+from tests.ops.test_ops_golden import _check_case, _kernel_options
 
 RTOL = 1e-9
 
