@@ -1,5 +1,5 @@
-"""nn.BatchNorm2d against NumPy versions of PyTorch's formulas, its state dict, the BN options of
-PacJointUpsample (issue 13) and the trainer carrying running statistics between steps."""
+"""nn.BatchNorm2d against NumPy versions of PyTorch's formulas, its state dict, and the BN options
+of PacJointUpsample (issue 13)."""
 
 import collections
 
@@ -258,74 +258,3 @@ def test_eval_bn_equals_folded_network():
     y_bn, y_plain = run(with_bn, target, guide), run(plain, target, guide)
     assert float(jnp.abs(y_bn - run(_model(False), target, guide)).max()) > 1e-3  # BN matters
     np.testing.assert_allclose(np.asarray(y_bn), np.asarray(y_plain), rtol=1e-9, atol=1e-11)
-
-
-# ----------------------------------------------------------------------- the generic trainer
-
-
-class _BnTask:
-    """BN first (its running statistics depend on the data only), then a conv."""
-
-    pixels_per_example = 16
-    best_metric = ("loss", "min")
-
-    def __init__(self, batches):
-        self.batches = batches
-
-    def init_model(self):
-        class Net(nnx.Module):
-            def __init__(self):
-                self.bn = nn.BatchNorm2d(C, param_dtype=jnp.float64)
-                self.conv = nn.Conv2d(C, 1, 3, padding=1, param_dtype=jnp.float64)
-
-            def __call__(self, x):
-                return self.conv(self.bn(x))
-        return Net()
-
-    def train_batch(self, step):
-        return {"x": self.batches[step]}
-
-    def loss(self, model, batch):
-        return jnp.mean(model(batch["x"]) ** 2), {}
-
-    def predict(self, model, batch):
-        return model(batch["x"])
-
-    def evaluate(self, predict, step, workdir):
-        return {}
-
-
-def test_trainer_carries_running_statistics(tmp_path):
-    from ppac_jax.train import Checkpointer, OptimConfig, TrainConfig, Trainer
-
-    rng = np.random.default_rng(4)
-    batches = [rng.normal(1.0, 2.0, (2, 4, 4, C)) for _ in range(2)]
-    task = _BnTask(batches)
-    trainer = Trainer(task, TrainConfig(steps=2, batch_size=2, optim=OptimConfig(lr=1e-2),
-                                        progress=False))
-    for s in range(2):
-        trainer.train_step(task.train_batch(s))
-    state = {"running_mean": np.zeros(C), "running_var": np.ones(C),
-             "num_batches_tracked": np.asarray(0)}
-    for x in batches:
-        _, state = _torch_bn(x, state, training=True)
-    stats = trainer.state["batch_stats"]["bn"]
-    assert int(stats["num_batches_tracked"][...]) == 2
-    for name in ("running_mean", "running_var"):
-        np.testing.assert_allclose(np.asarray(stats[name][...]), state[name], rtol=1e-12)
-    # predict runs in evaluation mode: the running statistics, no update
-    x = rng.normal(size=(2, 4, 4, C))
-    model = trainer.model()
-    model.eval()
-    np.testing.assert_allclose(trainer.predict({"x": x}), np.asarray(model(jnp.asarray(x))),
-                               rtol=1e-12)
-    assert int(trainer.state["batch_stats"]["bn"]["num_batches_tracked"][...]) == 2
-    # ... and the checkpoints keep them
-    ckpt = Checkpointer(str(tmp_path))
-    ckpt.save(2, trainer.state)
-    ckpt.wait()
-    fresh = Trainer(task, TrainConfig(steps=2, batch_size=2, progress=False))
-    restored = ckpt.restore(fresh.state)
-    ckpt.close()
-    np.testing.assert_allclose(np.asarray(restored["batch_stats"]["bn"]["running_var"][...]),
-                               state["running_var"], rtol=1e-12)
