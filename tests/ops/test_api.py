@@ -1,12 +1,14 @@
-"""Every public op of ``ppac_jax.ops`` under eager execution, ``jax.jit``, ``jax.vmap`` and
-``jax.grad``, in float32, bfloat16 and float64, on tiny shapes (in the style of dm_pix's API
+"""Every public op of ``ppac_jax.ops`` under eager execution, ``jax.jit``, ``jax.vmap``,
+``jax.grad`` and ``jax.jvp``, in float32, bfloat16 and float64, on tiny shapes (in the style of dm_pix's API
 tests), and the keyword-only rule for optional arguments.
 
 Each case calls an op the way that exercises its production path: ``impl="loop"`` for the PAC
 ops with a given kernel, the fused ops (the guided engine), PAC-CRF messages (banded engine),
 and ``pac_kernel``'s planar loop. The jaxpr of every traced transform is checked to contain a
-custom-VJP call and a loop when the case is an engine case (so ``vmap`` and ``grad`` really
-reach the engine), and the reference's jaxpr to contain neither. Values and gradients are
+engine primitive (``ops.autodiff.custom_vjp``) and a loop when the case is an engine case (so
+``vmap``, ``grad`` and ``jvp`` really reach the engine), and the reference's jaxpr to contain
+neither. Forward mode is checked through the reference's gradient: ``<ct, jvp(t)>`` equals
+``<grad, t>``. Values and gradients are
 compared to the reference (the ``patches`` path, or the op itself in float64 where there is no
 second path) evaluated in float64 at the same, dtype-rounded inputs. Without a second path,
 float64 gradients are also checked against a central difference. Eager execution is checked in
@@ -44,7 +46,7 @@ EAGER_DTYPES = ("float32",)
 # these checks are about transformations and code paths, not speed).
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
-ENGINE_PRIMITIVES = ("custom_vjp_call", "custom_vjp_call_jaxpr")
+ENGINE_PRIMITIVES = ("call_hi_primitive",)  # ops.autodiff.custom_vjp
 LOOP_PRIMITIVES = ("while", "scan")
 
 
@@ -211,6 +213,9 @@ def _primitives(jaxpr) -> set:
     names = set()
     for eqn in jaxpr.eqns:
         names.add(eqn.primitive.name)
+        if eqn.primitive.name == "call_hi_primitive":  # the engine keeps its forward function
+            prim = eqn.params["_prim"]
+            names |= _primitives(jax.make_jaxpr(prim.expand)(*prim.in_avals))
         for value in eqn.params.values():
             for sub in value if isinstance(value, (tuple, list)) else (value,):
                 if isinstance(sub, (jex_core.Jaxpr, jex_core.ClosedJaxpr)):
@@ -219,11 +224,11 @@ def _primitives(jaxpr) -> set:
 
 
 def _check_path(jaxpr, engine: bool, what: str, *, grad: bool = False):
-    """An engine case's jaxpr holds a loop and (outside grad) a custom-VJP call."""
+    """An engine case's jaxpr holds a loop and (outside grad / jvp) the engine primitive."""
     names = _primitives(jaxpr)
     if engine:
         assert names & set(LOOP_PRIMITIVES), f"{what}: no loop in the jaxpr: {sorted(names)}"
-        if not grad:  # under grad the custom VJP is resolved into its forward and backward
+        if not grad:  # grad / jvp resolve the primitive into its rules' loops
             assert names & set(ENGINE_PRIMITIVES), f"{what}: no custom VJP: {sorted(names)}"
 
 
@@ -274,16 +279,20 @@ def test_op_under_eager_jit_vmap_grad(name, dtype):
     args, args64 = _round(_draw(case, False), dtype)
     vargs, vargs64 = _round(_draw(case, True), dtype)
     argnums = tuple(range(len(args)))
+    rng = np.random.default_rng(case.seed + 5000)
+    tangents, tangents64 = _round([rng.uniform(-1, 1, s) for s in case.shapes], dtype)
     transforms = (jax.jit(case.fn), jax.jit(jax.vmap(case.fn)),
-                  jax.jit(jax.grad(_loss(case.fn, ct), argnums)))
-    traced = jax.jit(lambda a, va: (transforms[0](*a), transforms[1](*va), transforms[2](*a))
-                     ).trace(args, vargs)
+                  jax.jit(jax.grad(_loss(case.fn, ct), argnums)),
+                  jax.jit(lambda a, t: jax.jvp(case.fn, a, t)[1]))
+    traced = jax.jit(lambda a, va, t: (transforms[0](*a), transforms[1](*va), transforms[2](*a),
+                                       transforms[3](tuple(a), tuple(t)))
+                     ).trace(args, vargs, tangents)
     subs = [e.params["jaxpr"] for e in traced.jaxpr.eqns if e.primitive.name in ("jit", "pjit")]
-    assert len(subs) == 3, [e.primitive.name for e in traced.jaxpr.eqns]
-    for sub, what in zip(subs, ("jit", "vmap", "grad")):
-        _check_path(sub, case.engine, what, grad=what == "grad")
-    got_jit, got_vmap, got_grad = traced.lower().compile(compiler_options=COMPILER_OPTIONS)(
-        args, vargs)
+    assert len(subs) == 4, [e.primitive.name for e in traced.jaxpr.eqns]
+    for sub, what in zip(subs, ("jit", "vmap", "grad", "jvp")):
+        _check_path(sub, case.engine, what, grad=what in ("grad", "jvp"))
+    got_jit, got_vmap, got_grad, got_jvp = traced.lower().compile(
+        compiler_options=COMPILER_OPTIONS)(args, vargs, tangents)
 
     want, want_grad = reference(*args64)
     if dtype in EAGER_DTYPES:
@@ -294,6 +303,12 @@ def test_op_under_eager_jit_vmap_grad(name, dtype):
     for i, (g, w) in enumerate(zip(got_grad, want_grad)):
         assert g.dtype == args[i].dtype, (i, g.dtype)
         _assert_close(g, w, GRAD_TOL[dtype], f"gradient of argument {i}")
+    assert got_jvp.dtype == got_jit.dtype, got_jvp.dtype
+    directional = np.sum(np.asarray(jnp.asarray(got_jvp, jnp.float64)) * ct)
+    expected = sum(float(np.sum(np.asarray(g) * t)) for g, t in zip(want_grad, tangents64))
+    scale = sum(float(np.sum(np.abs(np.asarray(g) * t))) for g, t in zip(want_grad, tangents64))
+    assert abs(directional - expected) <= GRAD_TOL[dtype] * max(scale, 1e-30), (
+        "jvp", directional, expected)
     if case.ref is None and dtype == "float64":
         _check_central_difference(case, args64, ct, want_grad)
 
