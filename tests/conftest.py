@@ -6,9 +6,9 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 
 # Modules whose tests share one expensive module-scoped fixture or cache (an experiment's smoke
-# run, a reference training run, a real-width network's weights: f32 and f64 twins). Under pytest-xdist each runs
-# on one worker, so that it is built once, not once per worker that gets one of its tests;
-# every other test is scheduled on its own.
+# run, a reference training run, the real-width FCN-8s weights of f32 / f64 twin files). Under
+# pytest-xdist each runs on one worker, so that it is built once, not once per worker that gets
+# one of its tests; every other test is scheduled on its own.
 ONE_WORKER = (
     "tests/experiments/test_train_segmentation.py",
     "tests/experiments/test_train_upsample.py",
