@@ -6,8 +6,8 @@ reverse-mode memory (they recompute every per-tap quantity instead of storing ``
 copies), so forward mode can simply differentiate the plain forward loop: JAX carries tangents
 through ``lax.fori_loop`` without storing anything per step. :func:`custom_vjp` gives both, as
 one JAX "hi" primitive (``jax.experimental.hijax.VJPHiPrimitive``): reverse mode runs the given
-``fwd`` / ``bwd`` exactly as ``jax.custom_vjp`` would, forward mode runs ``jax.jvp`` of the
-undecorated function, ``vmap`` maps the whole call, and ``jit`` lowers the undecorated function.
+``fwd`` / ``bwd`` exactly as ``jax.custom_vjp`` would, forward mode (``jax.jvp``,
+``jax.linearize``) runs ``jax.jvp`` of the undecorated function, ``vmap`` maps the whole call, and ``jit`` lowers the undecorated function.
 """
 
 from __future__ import annotations
@@ -86,9 +86,20 @@ class _Call(VJPHiPrimitive):
         return tuple(self.rule.bwd(*self.static, residuals, cotangent))
 
     def jvp(self, primals, tangents):
-        tangents = jax.tree_util.tree_map(instantiate_zeros, tangents,
-                                          is_leaf=lambda t: isinstance(t, Zero))
-        return jax.jvp(self._plain, primals, tangents)
+        return jax.jvp(self._plain, primals, _instantiate(tangents))
+
+    # jax.linearize: the residuals are the inputs; the linear map re-runs the forward loop's jvp
+    def lin(self, nzs_in, *dynamic):
+        return self._plain(*dynamic), dynamic
+
+    def linearized(self, residuals, *tangents):
+        return jax.jvp(self._plain, residuals, _instantiate(tangents))[1]
 
     def batch_dim_rule(self, axis_data, in_dims):
         return jax.tree_util.tree_map(lambda _: 0, self.out_aval)
+
+
+def _instantiate(tangents):
+    """Symbolic zero tangents as zero arrays."""
+    return jax.tree_util.tree_map(instantiate_zeros, tangents,
+                                  is_leaf=lambda t: isinstance(t, Zero))

@@ -54,3 +54,14 @@ def test_jvp_through_a_guided_layer():
     tan = jax.jvp(fn, (x,), (t,))[1]
     np.testing.assert_allclose(tan, (fn(x + eps * t) - fn(x - eps * t)) / (2 * eps), rtol=1e-6,
                                atol=1e-8)
+
+
+def test_linearize_of_engine_ops():
+    x, g, w = _rand("zx", 1, 6, 7, 2), _rand("zg", 1, 6, 7, 2), _rand("zw", 3, 3, 2, 3)
+    t = _rand("zt", *g.shape)
+    fn = lambda g: _fused(x, g, w)
+    assert _uses_engine(fn, g)
+    out, f_jvp = jax.linearize(fn, g)
+    out_ref, tan_ref = jax.jvp(lambda g: _pac("patches")(x, g, w), (g,), (t,))
+    np.testing.assert_allclose(out, out_ref, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(f_jvp(t), tan_ref, rtol=1e-9, atol=1e-12)
