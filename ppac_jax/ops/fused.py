@@ -19,6 +19,7 @@ from ppac_jax.ops import tap_loop
 from ppac_jax.ops.kernel import KERNEL_TYPES, _check_inv_param, centre_features, compute_dtype
 from ppac_jax.ops.pac import _add_bias, _check_weight
 from ppac_jax.ops.precision import matmul_precision
+from ppac_jax.ops.tiling import choose_tiling
 from ppac_jax.ops.prob import _check_weight_norm, _divide, _summed_exp, check_confidence
 
 
@@ -47,6 +48,13 @@ def fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilati
     maximum over the window's valid taps): float32 gradients stay finite where the raw
     kernel's window sum underflows.
     """
+    return _fused_pac_conv2d(**locals())
+
+
+def _fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilation=1,
+                      shared_filters=False, kernel_type="gaussian", asym=False, inv_alpha=None,
+                      inv_lambda=None, smooth_kernel=None, normalize=False, mask=None,
+                      tiling=None):
     geo.check_rank(x, 4, "x", "B, H, W, Cin")
     geo.check_rank(guide, 4, "guide", "B, H, W, D")
     if guide.shape[:3] != x.shape[:3]:
@@ -60,7 +68,7 @@ def fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilati
         in_size=x.shape[1:3], stride=s, unpadded=(x, pads) if s == (1, 1) else None)
     return _fused(sources, weight, bias, k, out_size, d, shared_filters,
                   _kernel_options(kernel_type, asym, inv_alpha, inv_lambda, guide.shape[-1]),
-                  smooth_kernel, normalize, mask)
+                  smooth_kernel, normalize, mask, tiling)
 
 
 def fused_pac_conv_transpose2d(x, guide, weight, bias=None, *, stride=1, padding=0,
@@ -102,7 +110,7 @@ def fused_pac_conv_transpose2d(x, guide, weight, bias=None, *, stride=1, padding
         pad=lambda a: geo.zero_insert_and_pad(a, s, pads), in_size=x.shape[1:3], stride=(1, 1))
     return _fused(sources, weight, bias, k, out_size, d, shared_filters,
                   _kernel_options(kernel_type, asym, inv_alpha, inv_lambda, guide.shape[-1]),
-                  smooth_kernel, normalize, mask)
+                  smooth_kernel, normalize, mask, None)
 
 
 def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, *, stride=1,
@@ -126,6 +134,13 @@ def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, 
     float32 gradients stay finite where the kernel's window sums underflow: the 1e-20 floor
     takes over there, and the ratio is differentiated as a ratio (no squared denominator).
     """
+    return _fused_prob_pac_conv2d(**locals())
+
+
+def _fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, *, stride=1,
+                           padding=0, dilation=1, shared_filters=False, kernel_type="gaussian",
+                           asym=False, inv_alpha=None, inv_lambda=None, smooth_kernel=None,
+                           tiling=None):
     check_confidence(x, confidence)
     _check_weight(weight, x.shape[-1], shared_filters)
     _check_weight_norm(weight, weight_norm)
@@ -137,7 +152,7 @@ def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, 
         w = jnp.concatenate([jnp.broadcast_to(weight, (*weight.shape[:2], 1, channels)),
                              norm_weight.astype(weight.dtype)], axis=-1)
         y = _fused_depthwise(stacked, guide, w, stride, padding, dilation, kernel_type, asym,
-                             inv_alpha, inv_lambda, smooth_kernel)
+                             inv_alpha, inv_lambda, smooth_kernel, tiling)
         numerator, denominator = y[..., :channels], y[..., channels:]
     else:
         out = weight.shape[-1]
@@ -145,10 +160,10 @@ def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, 
         bottom = jnp.concatenate([jnp.zeros((*weight.shape[:2], 1, out), weight.dtype),
                                   norm_weight.astype(weight.dtype)], -1)
         w = jnp.concatenate([top, bottom], axis=2)               # [kh, kw, C + 1, 2 O]
-        y = fused_pac_conv2d(stacked, guide, w, stride=stride, padding=padding,
-                             dilation=dilation, kernel_type=kernel_type, asym=asym,
-                             inv_alpha=inv_alpha, inv_lambda=inv_lambda,
-                             smooth_kernel=smooth_kernel)
+        y = _fused_pac_conv2d(stacked, guide, w, stride=stride, padding=padding,
+                              dilation=dilation, kernel_type=kernel_type, asym=asym,
+                              inv_alpha=inv_alpha, inv_lambda=inv_lambda,
+                              smooth_kernel=smooth_kernel, tiling=tiling)
         numerator, denominator = y[..., :out], y[..., out:]
     return _divide(numerator, denominator, bias)
 
@@ -180,7 +195,7 @@ def _kernel_options(kernel_type, asym, inv_alpha, inv_lambda, depth):
 
 
 def _fused(src: _Sources, weight, bias, k, out_size, d, shared_filters, kopts, smooth_kernel,
-           normalize, mask):
+           normalize, mask, tiling):
     kernel_type, asym, params = kopts
     x = src.x_pad
     batch, channels = x.shape[0], x.shape[-1]
@@ -230,9 +245,14 @@ def _fused(src: _Sources, weight, bias, k, out_size, d, shared_filters, kopts, s
         guide_src = guide
         valid_src = None if valid is None else valid_map
         plan = plan._replace(pads=tuple(pads))
+    if tiling is None:
+        tiling = choose_tiling("sum", batch=batch, out_size=out_size, channels=channels,
+                               guide_channels=guide.shape[-1], itemsize=dtype.itemsize,
+                               dense=not shared_filters)
     u, n = tap_loop.window_sum(ph(x_src.astype(dtype)), ph(guide_src),
                                None if valid_src is None else ph(valid_src), centre,
-                               w.astype(dtype), tuple(jnp.asarray(q, dtype) for q in params), plan)
+                               w.astype(dtype), tuple(jnp.asarray(q, dtype) for q in params), plan,
+                               tiling)
     y = u
     if normalize:
         y = y / (n + (n == 0).astype(dtype))
@@ -258,7 +278,7 @@ def _shift_kernel(guide, guide_padded, centre, guide_ph, valid_ph, k, out_size, 
 
 
 def _fused_depthwise(x, guide, weight, stride, padding, dilation, kernel_type, asym, inv_alpha,
-                     inv_lambda, smooth_kernel):
+                     inv_lambda, smooth_kernel, tiling):
     """Fused PAC with one filter per channel: weight ``[kh, kw, 1, C]`` -> ``[B, Ho, Wo, C]``."""
     k = geo.check_kernel_size(weight.shape[:2], "weight kernel size (weight.shape[:2])")
     geo.check_rank(guide, 4, "guide", "B, H, W, D")
@@ -280,9 +300,12 @@ def _fused_depthwise(x, guide, weight, stride, padding, dilation, kernel_type, a
                          asym=asym,
                          centre_tap=-1 if centre is not None else (k[0] // 2) * k[1] + k[1] // 2)
     ph = lambda a: tap_loop.to_phases(a, s)
+    if tiling is None:
+        tiling = choose_tiling("sum", batch=x.shape[0], out_size=out_size, channels=x.shape[-1],
+                               guide_channels=guide.shape[-1], itemsize=dtype.itemsize)
     u, _ = tap_loop.window_sum(ph(geo.pad_spatial(x.astype(dtype), pads)), ph(guide_padded), None,
                                centre, weight.reshape(k[0] * k[1], -1).astype(dtype),
-                               tuple(jnp.asarray(q, dtype) for q in params), plan)
+                               tuple(jnp.asarray(q, dtype) for q in params), plan, tiling)
     return u.astype(out_dtype)
 
 

@@ -11,6 +11,7 @@ from jax import lax
 
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops.precision import matmul_precision
+from ppac_jax.ops.tiling import choose_tiling
 
 KERNEL_TYPES = ("gaussian", "inv")
 # Internal kernel type: the gaussian's exponent -x / 2 (for stable normalisation).
@@ -75,6 +76,13 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
       ``channel_wise``); output_mask ``[B, Ho, Wo, 1]`` (``[..., D]`` channel-wise) float 0/1,
       0 where a window holds no valid sample, or ``None`` when no ``mask`` is given.
     """
+    return _pac_kernel(**locals())
+
+
+def _pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_padding=0,
+                transposed=False, kernel_type="gaussian", asym=False, inv_alpha=None,
+                inv_lambda=None, smooth_kernel=None, channel_wise=False, normalize=False,
+                mask=None, tiling=None):
     geo.check_rank(guide, 4, "guide", "B, H, W, D")
     k = geo.check_kernel_size(kernel_size)
     s = geo.check_positive(stride, "stride")
@@ -128,15 +136,15 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
     # A normalised gaussian kernel is built from its exponent (see _normalized_exp).
     log_domain = normalize and kernel_type == "gaussian"
     ktype = _LOG_GAUSSIAN if log_domain else kernel_type
-    if channel_wise:
-        kern = _channel_wise_kernel(guide, pads, k, out_size, guide_stride, d, guide_pad,
-                                    smooth_kernel, ktype, asym, alpha, lam)
-    elif batch * out_size[0] * out_size[1] < PLANAR_MIN_PIXELS:
+    if tiling is None:
+        tiling = choose_tiling("kernel", batch=batch, out_size=out_size, channels=depth,
+                               itemsize=dtype.itemsize, dense=channel_wise)
+    if channel_wise or not tiling.planar:
         kern = _sliced_kernel(guide, pads, k, out_size, guide_stride, d, guide_pad,
-                              smooth_kernel, ktype, asym, alpha, lam)
+                              smooth_kernel, ktype, asym, alpha, lam, channel_wise)
     else:
         kern = _planar_kernel(guide, pads, k, out_size, guide_stride, d, guide_pad,
-                              smooth_kernel, ktype, asym, alpha, lam)
+                              smooth_kernel, ktype, asym, alpha, lam, tiling.rows)
 
     output_mask = None
     if mask is not None or normalize:
@@ -306,19 +314,6 @@ def _input_taps(values, k, out_size, stride, padding, output_padding, dilation, 
     return cols.reshape(values.shape[0], *out_size, k[0], k[1])
 
 
-def _channel_wise_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel,
-                         kernel_type, asym, alpha, lam):
-    """``[B, Ho, Wo, kh, kw, D]``: one kernel per guide channel, tap by tap (channels-last)."""
-    return _sliced_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel,
-                          kernel_type, asym, alpha, lam, channel_wise=True)
-
-
-# Below this many output pixels (B * Ho * Wo) the kernel is built from channels-last tap
-# slices and plain autodiff: compiles in about half the time of the planar loop below, which
-# only pays off on large images.
-PLANAR_MIN_PIXELS = 64 * 64
-
-
 def _sliced_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel, kernel_type,
                    asym, alpha, lam, channel_wise=False):
     """``[B, Ho, Wo, kh, kw(, D)]`` from ``kh * kw`` channels-last tap slices of the guide."""
@@ -345,11 +340,6 @@ def _sliced_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel
 # guide gradient in place. Measured on a 2-core CPU, 436x1024 guide with D = 5, 7x7: about
 # 5x faster forward and 3x faster forward+backward than slicing channels-last taps.
 
-# Output rows per strip: one tap's guide window (all channels) is about this big. 8 rows of a
-# 1024-wide, 5-channel float32 guide; much larger strips fall out of cache (2-3x slower).
-KERNEL_STRIP_BYTES = 160 << 10
-
-
 class _KernelPlan(NamedTuple):
     """Static description of one planar kernel computation (hashable)."""
     kernel_size: geo.Pair
@@ -362,7 +352,7 @@ class _KernelPlan(NamedTuple):
 
 
 def _planar_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel, kernel_type,
-                   asym, alpha, lam):
+                   asym, alpha, lam, rows):
     """``[B, Ho, Wo, kh, kw]`` kernel of summed feature distances (not channel-wise)."""
     batch, height, width, depth = guide.shape
     dtype = guide.dtype
@@ -375,8 +365,8 @@ def _planar_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel
     phases = phases.reshape(*phases.shape[:2], depth, batch, *phases.shape[3:5])
     params = (() if kernel_type in ("gaussian", _LOG_GAUSSIAN)
               else (alpha.astype(dtype), lam.astype(dtype)))
-    rows = max(1, KERNEL_STRIP_BYTES // (depth * batch * out_size[1] * dtype.itemsize))
-    plan = _KernelPlan(k, out_size, stride, d, kernel_type, asym, min(rows, out_size[0]))
+    plan = _KernelPlan(k, out_size, stride, d, kernel_type, asym,
+                       min(rows or out_size[0], out_size[0]))
     kern = _kernel_taps(phases, centre, params, plan)
     # Outside the custom VJP, so that XLA cancels this against a tap-major consumer's transpose
     # (ops.pac_conv2d's loop), forward and backward.

@@ -28,10 +28,9 @@ from ppac_jax.ops import geometry as geo
 from ppac_jax.ops import tap_loop
 from ppac_jax.ops.kernel import compute_dtype
 from ppac_jax.ops.precision import matmul_precision
+from ppac_jax.ops.tiling import Tiling, choose_impl, choose_tiling
 
 IMPLS = ("auto", "patches", "loop")
-# `auto` uses `patches` only while its window tensor stays this small (bytes).
-_AUTO_PATCHES_MAX_BYTES = 1 << 20
 
 
 class _Geometry(NamedTuple):
@@ -64,6 +63,11 @@ def pac_conv2d(x, kernel, weight, bias=None, *, stride=1, padding=0, dilation=1,
     Returns:
       ``[B, Ho, Wo, Cout]`` with ``Ho = (H + 2p - d(kh - 1) - 1) // s + 1`` (same for W).
     """
+    return _pac_conv2d(**locals())
+
+
+def _pac_conv2d(x, kernel, weight, bias=None, *, stride=1, padding=0, dilation=1,
+                shared_filters=False, impl="auto", tiling=None):
     geo.check_rank(x, 4, "x", "B, H, W, Cin")
     k = _check_weight(weight, x.shape[-1], shared_filters)
     s, p, d, out_size = geo.conv_geometry(x.shape[1:3], k, stride, padding, dilation)
@@ -73,7 +77,7 @@ def pac_conv2d(x, kernel, weight, bias=None, *, stride=1, padding=0, dilation=1,
     dense = not shared_filters and weight.shape[2:] != (1, 1)
     g = _Geometry(k, out_size, s, d, dense, channel_wise)
     w = weight if dense else weight[:, :, 0, 0]
-    y = windowed_product(x_pad, kernel, w, g, impl)
+    y = windowed_product(x_pad, kernel, w, g, impl, tiling)
     return _add_bias(y, bias)
 
 
@@ -129,6 +133,11 @@ def pac_pool2d(x, kernel, *, kernel_size, stride=1, padding=0, dilation=1, impl=
     Returns:
       ``[B, Ho, Wo, C]``.
     """
+    return _pac_pool2d(**locals())
+
+
+def _pac_pool2d(x, kernel, *, kernel_size, stride=1, padding=0, dilation=1, impl="auto",
+                tiling=None):
     geo.check_rank(x, 4, "x", "B, H, W, C")
     k = geo.check_kernel_size(kernel_size)
     s, p, d, out_size = geo.conv_geometry(x.shape[1:3], k, stride, padding, dilation)
@@ -136,7 +145,7 @@ def pac_pool2d(x, kernel, *, kernel_size, stride=1, padding=0, dilation=1, impl=
     x_pad = geo.pad_spatial(x, [(p[0], p[0]), (p[1], p[1])])
     g = _Geometry(k, out_size, s, d, False, channel_wise)
     ones = jnp.ones(k, compute_dtype(x, kernel))
-    return windowed_product(x_pad, kernel, ones, g, impl)
+    return windowed_product(x_pad, kernel, ones, g, impl, tiling)
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,11 +189,13 @@ def _add_bias(y, bias):
 # the windowed product
 
 
-def windowed_product(x_pad, kernel, weight, g: _Geometry, impl: str = "auto"):
+def windowed_product(x_pad, kernel, weight, g: _Geometry, impl: str = "auto",
+                     tiling: Tiling = None):
     """Dispatch the windowed product to an implementation.
 
     x_pad ``[B, Hp, Wp, C]`` (padded / zero-inserted); kernel ``[B, Ho, Wo, kh, kw(, C)]``;
-    weight ``[kh, kw, C, O]`` (dense) or ``[kh, kw]`` -> ``[B, Ho, Wo, O or C]``.
+    weight ``[kh, kw, C, O]`` (dense) or ``[kh, kw]`` -> ``[B, Ho, Wo, O or C]``. The loop
+    runs with ``tiling`` (default: :func:`choose_tiling` from the shapes).
     """
     if impl == "shifted":  # removed implementation: same product, same numbers
         warnings.warn('impl="shifted" was removed; using impl="loop"', DeprecationWarning,
@@ -200,15 +211,12 @@ def windowed_product(x_pad, kernel, weight, g: _Geometry, impl: str = "auto"):
     if impl == "patches":
         y = _patches_product(x_pad, kernel, weight, g)
     else:
-        y = _loop_product(x_pad, kernel, weight, g)
+        if tiling is None:
+            tiling = choose_tiling("sum", batch=x_pad.shape[0], out_size=g.out_size,
+                                   channels=x_pad.shape[-1], itemsize=dtype.itemsize,
+                                   dense=g.dense)
+        y = _loop_product(x_pad, kernel, weight, g, tiling)
     return y.astype(out_dtype)
-
-
-def choose_impl(x_shape, kernel_size, out_size, itemsize=4) -> str:
-    """Pick ``patches`` for tiny problems, where it is cheapest, and ``loop`` otherwise."""
-    window_bytes = x_shape[0] * out_size[0] * out_size[1] * x_shape[-1] * kernel_size[0] \
-        * kernel_size[1] * itemsize
-    return "patches" if window_bytes <= _AUTO_PATCHES_MAX_BYTES else "loop"
 
 
 def _patches_product(x_pad, kernel, weight, g: _Geometry):
@@ -219,7 +227,7 @@ def _patches_product(x_pad, kernel, weight, g: _Geometry):
     return jnp.einsum("bhwijc,ij->bhwc", weighted, weight, precision=matmul_precision())
 
 
-def _loop_product(x_pad, kernel, weight, g: _Geometry):
+def _loop_product(x_pad, kernel, weight, g: _Geometry, tiling: Tiling):
     taps = g.kernel_size[0] * g.kernel_size[1]
     kern = kernel.reshape(*kernel.shape[:3], taps, *kernel.shape[5:])
     kern = jnp.moveaxis(kern, 3, 0)                        # [T, B, Ho, Wo(, C)]
@@ -228,5 +236,6 @@ def _loop_product(x_pad, kernel, weight, g: _Geometry):
     w = weight.reshape(taps, *weight.shape[2:]) if g.dense else weight.reshape(taps, 1)
     plan = tap_loop.Plan(g.kernel_size, g.out_size, g.dilation, g.stride, dense=g.dense,
                          fused=False)
-    y, _ = tap_loop.window_sum(tap_loop.to_phases(x_pad, g.stride), kern, None, None, w, (), plan)
+    y, _ = tap_loop.window_sum(tap_loop.to_phases(x_pad, g.stride), kern, None, None, w, (), plan,
+                               tiling)
     return y

@@ -39,19 +39,7 @@ from jax import lax
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops.kernel import kernel_from_distance, tap_distance
 from ppac_jax.ops.precision import matmul_precision
-
-# Taps handled per loop step (measured on a 2-core CPU with row strips).
-DEFAULT_GROUP = 0      # 0: one window row (see _steps)
-# Output strips are sized so that one strip of the input is about this big: the loop over taps
-# then runs on data that stays in cache (much faster than streaming whole images per tap on
-# CPU), and the backward pass's per-tap temporaries are strip-sized.
-STRIP_BYTES = 1 << 18
-# Planar strips are sized by the bytes of one strip of all source planes (measured).
-PLANAR_STRIP_BYTES = 1 << 20
-# Per-channel sums use planes from this many output pixels (B * Ho * Wo) on: below, the
-# channels-last program is as fast and compiles in about half the time.
-PLANAR_MIN_PIXELS = 64 * 64
-
+from ppac_jax.ops.tiling import Tiling
 
 class Plan(NamedTuple):
     """Static description of one window sum (hashable: the custom VJP's non-diff argument)."""
@@ -68,9 +56,11 @@ class Plan(NamedTuple):
     # fused gaussian: the centre array's last channel is a per-pixel shift m of the squared
     # distance, K_t = exp(-(d_t - m) / 2) (see window_min_distance)
     shifted: bool = False
-    rows: int = -1            # output rows per strip (0: no strips, -1: choose, see STRIP_BYTES)
-    group: int = DEFAULT_GROUP
-    planar: bool = False      # sources and results are tuples of per-channel planes (internal)
+    # set from the Tiling (window_sum): output rows per strip (0: none), taps per step (0: one
+    # window row), sources and results as tuples of per-channel planes
+    rows: int = 0
+    group: int = 0
+    planar: bool = False
     # ((top, bottom), (left, right)): the sources are given unpadded (stride 1 only) and zero
     # padded inside the custom VJP, whose backward accumulates their gradients unpadded: no
     # padded gradient buffers (and no padded copies held between forward and backward).
@@ -93,7 +83,7 @@ def _planes(a):
 to_phases = geo.phase_split
 
 
-def window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
+def window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, tiling: Tiling):
     """``(U, N)`` of the module docstring (``N`` is ``None`` unless ``plan.with_sum``).
 
     Args:
@@ -108,12 +98,14 @@ def window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
         (no centre-sized buffers, forward or backward).
       weight: ``[T, C, O]`` (dense) or ``[T, C or 1]``.
       params: ``()`` or ``(inv_alpha, inv_lambda)`` for ``kernel_type="inv"``.
+      tiling: strips, taps per step and layout (:func:`ppac_jax.ops.tiling.choose_tiling`
+        with ``op="sum"``); dense sums ignore ``tiling.planar``.
 
     Returns:
       ``U [B, Ho, Wo, O or C]`` and ``N [B, Ho, Wo, 1]`` or ``None``.
     """
-    batch = x_ph.shape[2]
-    if plan.dense or batch * plan.out_size[0] * plan.out_size[1] < PLANAR_MIN_PIXELS:
+    plan = plan._replace(rows=tiling.rows, group=tiling.group)
+    if plan.dense or not tiling.planar:
         return _strips(x_ph, ksrc, v_ph, centre, weight, params, plan._replace(planar=False))
     # Per-channel sums run on planes (see the module docstring); weights become [T, C or 1, 1].
     u, n = _strips(_planes(x_ph), _planes(ksrc), _planes(v_ph), _planes(centre),
@@ -123,17 +115,9 @@ def window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
 
 def _strips(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
     """:func:`window_sum` in the plan's layout, output rows in strips of ``plan.rows``."""
-    out_h, out_w = plan.out_size
+    out_h = plan.out_size[0]
     rows = plan.rows
-    if rows < 0:
-        leaves = jax.tree_util.tree_leaves((x_ph, ksrc if plan.fused else None))
-        if plan.planar:
-            row_bytes = sum(a.shape[2] * a.dtype.itemsize for a in leaves) * out_w
-            rows = max(8, PLANAR_STRIP_BYTES // row_bytes)
-        else:
-            row_bytes = x_ph.shape[2] * out_w * max(x_ph.shape[5], 8) * x_ph.dtype.itemsize
-            rows = max(8, STRIP_BYTES // row_bytes)
-    if rows == 0 or rows * 2 > out_h:
+    if rows == 0 or rows >= out_h:
         return _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan._replace(rows=0))
     # Every strip has `rows` rows; the last one is moved up to end at the last output row
     # (see _strip_start), so no source, kernel or output is padded to a whole number of strips.
