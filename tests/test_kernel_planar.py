@@ -22,8 +22,8 @@ from ppac_jax.ops.tiling import Tiling
 def _reference_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel,
                       kernel_type, asym, alpha, lam):
     padded = geo.pad_spatial(guide, pads)
-    centre = kernel_mod.centre_features(guide, padded, k, out_size, stride, d, guide_pad,
-                                        smooth_kernel)
+    win = geo.Window(k, stride, guide_pad, d, (0, 0), False, guide.shape[1:3], out_size)
+    centre = kernel_mod.centre_features(guide, padded, win, smooth_kernel)
     dist = jnp.stack([kernel_mod.tap_distance(geo.tap_slice(padded, tap, out_size, stride, d),
                                               centre, asym=asym)
                       for tap in geo.taps(k)], axis=3)

@@ -59,7 +59,7 @@ class PairwiseTerm(NamedTuple):
 
     @property
     def padding(self) -> int:
-        return (self.kernel_size // 2) * self.dilation
+        return geo.same_padding(self.kernel_size, self.dilation)
 
     @property
     def has_edge_kernel(self) -> bool:
@@ -346,7 +346,7 @@ def crf_message(q, kernel, term: PairwiseTerm, params: TermParams):
 def _plain_conv(q, weight, *, dilation):
     """'same' convolution of ``q`` with an HWIO weight (the ``na`` messenger)."""
     k = weight.shape[0]
-    pad = (k // 2) * dilation
+    pad = geo.same_padding(k, dilation)
     dtype = jnp.result_type(q, weight)
     return lax.conv_general_dilated(q.astype(dtype), weight.astype(dtype), (1, 1),
                                     [(pad, pad), (pad, pad)], rhs_dilation=(dilation, dilation),
@@ -378,7 +378,7 @@ def _bands(q, k, dilation, rows) -> _Bands:
     height = q.shape[1]
     rows = min(rows or height, height)
     count = -(-height // rows)
-    return _Bands(rows, count, count * rows - height, (k // 2) * dilation)
+    return _Bands(rows, count, count * rows - height, geo.same_padding(k, dilation))
 
 
 def _pad_rows(x, extra):

@@ -84,37 +84,13 @@ def _pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_p
                 inv_lambda=None, smooth_kernel=None, channel_wise=False, normalize=False,
                 mask=None, tiling=None):
     geo.check_rank(guide, 4, "guide", "B, H, W, D")
-    k = geo.check_kernel_size(kernel_size)
-    s = geo.check_positive(stride, "stride")
-    p = geo.check_non_negative(padding, "padding")
-    d = geo.check_positive(dilation, "dilation")
-    op = geo.check_non_negative(output_padding, "output_padding")
+    win = geo.window(guide.shape[1:3], kernel_size, stride=stride, padding=padding,
+                     dilation=dilation, output_padding=output_padding, transposed=transposed,
+                     output_grid=True, name="guide")
     if kernel_type not in KERNEL_TYPES:
         raise ValueError(f"kernel_type must be one of {KERNEL_TYPES}, got {kernel_type!r}")
-    batch, height, width, depth = guide.shape
-    size = (height, width)
-
-    if transposed:
-        in_size = tuple(geo.transposed_input_size(size[a], k[a], s[a], p[a], op[a], d[a])
-                        for a in range(2))
-        expected = tuple(geo.transposed_output_size(in_size[a], k[a], s[a], p[a], op[a], d[a])
-                         for a in range(2))
-        if min(in_size) < 1 or expected != size:
-            raise ValueError(
-                f"guide spatial size {size} is not the output size of a transposed convolution "
-                f"with kernel_size={k}, stride={s}, padding={p}, output_padding={op}, "
-                f"dilation={d}: (h_in - 1) * s - 2p + d * (k - 1) + 1 + output_padding")
-        out_size = size
-        guide_stride = (1, 1)
-        guide_pad = tuple((k[a] - 1) * d[a] // 2 for a in range(2))
-    else:
-        in_size = size
-        out_size = tuple(geo.conv_output_size(size[a], k[a], s[a], p[a], d[a]) for a in range(2))
-        if min(out_size) < 1:
-            raise ValueError(f"guide spatial size {size} is too small for kernel_size={k}, "
-                             f"dilation={d}, padding={p}")
-        guide_stride = s
-        guide_pad = p
+    batch, _, _, depth = guide.shape
+    in_size, out_size = win.in_size, win.out_size
 
     alpha = lam = None
     if kernel_type == "inv":
@@ -132,7 +108,6 @@ def _pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_p
     out_dtype = jnp.result_type(guide)
     dtype = compute_dtype(guide, smooth_kernel, alpha, lam)
     guide = guide.astype(dtype)
-    pads = [(guide_pad[0],) * 2, (guide_pad[1],) * 2]
     # A normalised gaussian kernel is built from its exponent (see _normalized_exp).
     log_domain = normalize and kernel_type == "gaussian"
     ktype = _LOG_GAUSSIAN if log_domain else kernel_type
@@ -140,18 +115,14 @@ def _pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_p
         tiling = choose_tiling("kernel", batch=batch, out_size=out_size, channels=depth,
                                itemsize=dtype.itemsize, dense=channel_wise)
     if channel_wise or not tiling.planar:
-        kern = _sliced_kernel(guide, pads, k, out_size, guide_stride, d, guide_pad,
-                              smooth_kernel, ktype, asym, alpha, lam, channel_wise)
+        kern = _sliced_kernel(guide, win, smooth_kernel, ktype, asym, alpha, lam, channel_wise)
     else:
-        kern = _planar_kernel(guide, pads, k, out_size, guide_stride, d, guide_pad,
-                              smooth_kernel, ktype, asym, alpha, lam, tiling.rows)
+        kern = _planar_kernel(guide, win, smooth_kernel, ktype, asym, alpha, lam, tiling.rows)
 
     output_mask = None
     if mask is not None or normalize:
-        pattern = _input_taps(jnp.ones((1, *in_size, 1), dtype), k, out_size, s, p, op, d,
-                              transposed)
-        valid = pattern if mask is None else _input_taps(mask.astype(dtype), k, out_size, s, p,
-                                                         op, d, transposed)
+        pattern = _input_taps(jnp.ones((1, *in_size, 1), dtype), win)
+        valid = pattern if mask is None else _input_taps(mask.astype(dtype), win)
         if log_domain:
             kern = _normalized_exp(kern, valid[..., None] if channel_wise else valid)
         else:
@@ -223,20 +194,15 @@ def _normalized_exp(log_kernel, valid):
     return kern / (norm + (norm == 0).astype(norm.dtype))
 
 
-def centre_features(guide, guide_padded, kernel_size, out_size, stride, dilation, guide_pad,
-                    smooth_kernel=None):
+def centre_features(guide, guide_padded, win: geo.Window, smooth_kernel=None):
     """The centre feature f_i of every window: ``[B, Ho, Wo, D]``.
 
-    ``guide_padded`` is ``guide`` zero padded by ``guide_pad``; windows of ``kernel_size`` taps
-    (dilated) start every ``stride`` samples of it. With ``smooth_kernel`` (``[sh, sw]``, odd)
+    ``guide_padded`` is ``win.pad_guide(guide)``. With ``smooth_kernel`` (``[sh, sw]``, odd)
     the centre is the guide cross-correlated with it (zero padding) at the window centre.
     """
-    k, d = kernel_size, dilation
     if smooth_kernel is None:
-        return geo.tap_slice(guide_padded, (k[0] // 2, k[1] // 2), out_size, stride, d)
-    centre_offset = tuple((k[a] // 2) * d[a] - guide_pad[a] for a in range(2))
-    return _smoothed_centre(guide, jnp.asarray(smooth_kernel, guide.dtype), out_size, stride,
-                            centre_offset)
+        return win.tap_slice(guide_padded, win.centre)
+    return _smoothed_centre(guide, jnp.asarray(smooth_kernel, guide.dtype), win)
 
 
 def parse_kernel_type(name: str) -> dict:
@@ -271,10 +237,9 @@ def _check_inv_param(value, name, depth, channel_wise):
                      f"got {value.shape}")
 
 
-def _smoothed_centre(guide, smooth_kernel, out_size, stride, offset):
+def _smoothed_centre(guide, smooth_kernel, win: geo.Window):
     """Guide cross-correlated with ``smooth_kernel`` (zero padding) at the window centres.
 
-    The centre of output position y is input position ``y * stride + offset``.
     guide ``[B, H, W, D]`` -> ``[B, Ho, Wo, D]``.
     """
     if smooth_kernel.ndim != 2 or smooth_kernel.shape[0] % 2 == 0 or smooth_kernel.shape[1] % 2 == 0:
@@ -282,49 +247,35 @@ def _smoothed_centre(guide, smooth_kernel, out_size, stride, offset):
                          f"got shape {smooth_kernel.shape}")
     sk = smooth_kernel.shape
     depth = guide.shape[-1]
-    pads = []
-    for a in range(2):
-        lo = sk[a] // 2 - offset[a]
-        hi = (out_size[a] - 1) * stride[a] + sk[a] - guide.shape[1 + a] - lo
-        pads.append((lo, hi))
-    padded = geo.pad_spatial(guide, pads)
+    padded = geo.pad_spatial(guide, win.centre_filter_pads(sk, guide.shape[1:3]))
     rhs = jnp.broadcast_to(smooth_kernel[:, :, None, None], (*sk, 1, depth))
     return lax.conv_general_dilated(
-        padded, rhs, stride, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        padded, rhs, win.tap_stride, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=depth, precision=matmul_precision())
 
 
-def _input_taps(values, k, out_size, stride, padding, output_padding, dilation, transposed):
+def _input_taps(values, win: geo.Window):
     """Per-window view of a ``[B', h_in, w_in, 1]`` map on the op's input grid.
 
     Taps outside the input (and, for transposed ops, on inserted zeros) read 0.
     Returns ``[B', Ho, Wo, kh, kw]``.
     """
-    if transposed:
-        pads = [geo.transposed_pads(k[a], padding[a], output_padding[a], dilation[a])
-                for a in range(2)]
-        padded = geo.zero_insert_and_pad(values, stride, pads)
-        tap_stride = (1, 1)
-    else:
-        padded = geo.pad_spatial(values, [(padding[0],) * 2, (padding[1],) * 2])
-        tap_stride = stride
-    cols = [geo.tap_slice(padded, tap, out_size, tap_stride, dilation)[..., 0]
-            for tap in geo.taps(k)]
-    cols = jnp.stack(cols, axis=3)
-    return cols.reshape(values.shape[0], *out_size, k[0], k[1])
+    padded = win.pad_input(values)
+    cols = jnp.stack([win.tap_slice(padded, tap)[..., 0] for tap in geo.taps(win.kernel_size)],
+                     axis=3)
+    return cols.reshape(values.shape[0], *win.out_size, *win.kernel_size)
 
 
-def _sliced_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel, kernel_type,
-                   asym, alpha, lam, channel_wise=False):
+def _sliced_kernel(guide, win: geo.Window, smooth_kernel, kernel_type, asym, alpha, lam,
+                   channel_wise=False):
     """``[B, Ho, Wo, kh, kw(, D)]`` from ``kh * kw`` channels-last tap slices of the guide."""
-    guide_padded = geo.pad_spatial(guide, pads)
-    centre = centre_features(guide, guide_padded, k, out_size, stride, d, guide_pad,
-                             smooth_kernel)
-    values = [tap_distance(geo.tap_slice(guide_padded, tap, out_size, stride, d), centre,
-                           asym=asym, channel_wise=channel_wise)
-              for tap in geo.taps(k)]
+    guide_padded = win.pad_guide(guide)
+    centre = centre_features(guide, guide_padded, win, smooth_kernel)
+    values = [tap_distance(win.tap_slice(guide_padded, tap), centre, asym=asym,
+                           channel_wise=channel_wise)
+              for tap in geo.taps(win.kernel_size)]
     dist = jnp.stack(values, axis=3)
-    dist = dist.reshape(guide.shape[0], *out_size, k[0], k[1], *dist.shape[4:])
+    dist = dist.reshape(guide.shape[0], *win.out_size, *win.kernel_size, *dist.shape[4:])
     return kernel_from_distance(dist, kernel_type, alpha, lam)
 
 
@@ -342,35 +293,30 @@ def _sliced_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel
 
 class _KernelPlan(NamedTuple):
     """Static description of one planar kernel computation (hashable)."""
-    kernel_size: geo.Pair
-    out_size: geo.Pair
-    stride: geo.Pair
-    dilation: geo.Pair
+    window: geo.Window
     kernel_type: str
     asym: bool
     rows: int
 
 
-def _planar_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel, kernel_type,
-                   asym, alpha, lam, rows):
+def _planar_kernel(guide, win: geo.Window, smooth_kernel, kernel_type, asym, alpha, lam, rows):
     """``[B, Ho, Wo, kh, kw]`` kernel of summed feature distances (not channel-wise)."""
     batch, height, width, depth = guide.shape
     dtype = guide.dtype
     # Channels become batch entries of a one-channel NHWC image: [D * B, H, W, 1].
     planes = jnp.transpose(guide, (3, 0, 1, 2)).reshape(depth * batch, height, width, 1)
-    padded = geo.pad_spatial(planes, pads)
-    centre = centre_features(planes, padded, k, out_size, stride, d, guide_pad, smooth_kernel)
-    centre = centre.reshape(depth, batch, *out_size)
-    phases = geo.phase_split(padded, stride)
+    padded = win.pad_guide(planes)
+    centre = centre_features(planes, padded, win, smooth_kernel)
+    centre = centre.reshape(depth, batch, *win.out_size)
+    phases = geo.phase_split(padded, win.tap_stride)
     phases = phases.reshape(*phases.shape[:2], depth, batch, *phases.shape[3:5])
     params = (() if kernel_type in ("gaussian", _LOG_GAUSSIAN)
               else (alpha.astype(dtype), lam.astype(dtype)))
-    plan = _KernelPlan(k, out_size, stride, d, kernel_type, asym,
-                       min(rows or out_size[0], out_size[0]))
+    plan = _KernelPlan(win, kernel_type, asym, min(rows or win.out_size[0], win.out_size[0]))
     kern = _kernel_taps(phases, centre, params, plan)
     # Outside the custom VJP, so that XLA cancels this against a tap-major consumer's transpose
     # (ops.pac_conv2d's loop), forward and backward.
-    return jnp.transpose(kern, (1, 2, 3, 0)).reshape(batch, *out_size, k[0], k[1])
+    return jnp.transpose(kern, (1, 2, 3, 0)).reshape(batch, *win.out_size, *win.kernel_size)
 
 
 def _tap_value(windows, centres, params, plan: _KernelPlan):
@@ -383,8 +329,7 @@ def _tap_start(t, channel, plan: _KernelPlan):
     """Start of channel ``channel`` of tap ``t`` (traced) in ``[sh, sw, D, B, rows, cols]``."""
     t = jnp.asarray(t, jnp.int32)
     zero = jnp.zeros((), jnp.int32)
-    ph, pw, row, col = geo.tap_phase_start((t // plan.kernel_size[1], t % plan.kernel_size[1]),
-                                           plan.stride, plan.dilation)
+    ph, pw, row, col = plan.window.tap_start(t)
     return (ph, pw, jnp.asarray(channel, jnp.int32), zero, row, col)
 
 
@@ -394,7 +339,7 @@ def _tap_windows(phases, t, rows, plan: _KernelPlan):
     One slice per channel: XLA CPU runs the per-channel sum of the distance as plain
     vectorised loops then, 2x faster than a reduction over a channel axis (measured).
     """
-    size = (1, 1, 1, phases.shape[3], rows, plan.out_size[1])
+    size = (1, 1, 1, phases.shape[3], rows, plan.window.out_size[1])
     return [lax.dynamic_slice(phases, _tap_start(t, c, plan), size)[0, 0, 0]
             for c in range(phases.shape[2])]
 
@@ -428,8 +373,7 @@ def _add_axis(acc, update, axis, start):
 
 def _strips(plan: _KernelPlan):
     """``(number of strips, halo)``; the last strip is moved up to end at the last row."""
-    halo = ((plan.kernel_size[0] - 1) * plan.dilation[0]) // plan.stride[0]
-    return -(-plan.out_size[0] // plan.rows), halo
+    return plan.window.strip_count(plan.rows), plan.window.halo
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -437,11 +381,11 @@ def _kernel_taps(phases, centre, params, plan: _KernelPlan):
     """Tap-major kernel ``[T, B, Ho, Wo]`` from guide phases ``[sh, sw, D, B, Hq, Wq]`` and the
     planar window centres ``[D, B, Ho, Wo]``."""
     depth, batch, out_h, out_w = centre.shape
-    rows, taps = plan.rows, plan.kernel_size[0] * plan.kernel_size[1]
+    rows, taps = plan.rows, plan.window.taps
     strips, halo = _strips(plan)
 
     def strip(s, out):
-        start = geo.strip_start(s, plan.rows, plan.out_size[0])
+        start = geo.strip_start(s, plan.rows, plan.window.out_size[0])
         src = _slice_axis(phases, 4, start, rows + halo)
         c = _slice_axis(centre, 2, start, rows)
         c = [c[i] for i in range(depth)]
@@ -465,13 +409,13 @@ def _kernel_taps_fwd(phases, centre, params, plan):
 def _kernel_taps_bwd(plan, residuals, cotangent):
     phases, centre, params = residuals
     depth, batch, _, out_w = centre.shape
-    rows, taps = plan.rows, plan.kernel_size[0] * plan.kernel_size[1]
+    rows, taps = plan.rows, plan.window.taps
     strips, halo = _strips(plan)
     zeros = functools.partial(jax.tree_util.tree_map, jnp.zeros_like)
 
     def strip(s, carry):
         d_phases, d_centre, d_params = carry
-        start = geo.strip_start(s, plan.rows, plan.out_size[0])
+        start = geo.strip_start(s, plan.rows, plan.window.out_size[0])
         src = _slice_axis(phases, 4, start, rows + halo)
         c = _slice_axis(centre, 2, start, rows)
         c = [c[i] for i in range(depth)]

@@ -33,11 +33,8 @@ from ppac_jax.ops.tiling import Tiling, choose_impl, choose_tiling
 IMPLS = ("auto", "patches", "loop")
 
 
-class _Geometry(NamedTuple):
-    kernel_size: geo.Pair
-    out_size: geo.Pair
-    stride: geo.Pair
-    dilation: geo.Pair
+class _Product(NamedTuple):
+    window: geo.Window
     dense: bool          # weight [kh, kw, C, O]; otherwise one scalar per tap [kh, kw]
     channel_wise: bool   # kernel has a trailing channel axis
 
@@ -70,14 +67,13 @@ def _pac_conv2d(x, kernel, weight, bias=None, *, stride=1, padding=0, dilation=1
                 shared_filters=False, impl="auto", tiling=None):
     geo.check_rank(x, 4, "x", "B, H, W, Cin")
     k = _check_weight(weight, x.shape[-1], shared_filters)
-    s, p, d, out_size = geo.conv_geometry(x.shape[1:3], k, stride, padding, dilation)
-    channel_wise = _check_kernel(kernel, x.shape[0], out_size, k, x.shape[-1])
-    x_pad = geo.pad_spatial(x, [(p[0], p[0]), (p[1], p[1])])
+    win = geo.window(x.shape[1:3], k, stride=stride, padding=padding, dilation=dilation)
+    channel_wise = _check_kernel(kernel, x.shape[0], win, x.shape[-1])
     # One input and one output channel: the per-channel product is the same sum, cheaper.
     dense = not shared_filters and weight.shape[2:] != (1, 1)
-    g = _Geometry(k, out_size, s, d, dense, channel_wise)
     w = weight if dense else weight[:, :, 0, 0]
-    y = windowed_product(x_pad, kernel, w, g, impl, tiling)
+    y = windowed_product(win.pad_input(x), kernel, w, _Product(win, dense, channel_wise), impl,
+                         tiling)
     return _add_bias(y, bias)
 
 
@@ -107,14 +103,12 @@ def pac_conv_transpose2d(x, kernel, weight, bias=None, *, stride=1, padding=0, o
     """
     geo.check_rank(x, 4, "x", "B, h, w, Cin")
     k = _check_weight(weight, x.shape[-1], shared_filters)
-    s, p, op, d, out_size = geo.transposed_geometry(x.shape[1:3], k, stride, padding,
-                                                    output_padding, dilation)
-    channel_wise = _check_kernel(kernel, x.shape[0], out_size, k, x.shape[-1])
-    pads = [geo.transposed_pads(k[a], p[a], op[a], d[a]) for a in range(2)]
-    x_dil = geo.zero_insert_and_pad(x, s, pads)
-    g = _Geometry(k, out_size, (1, 1), d, not shared_filters, channel_wise)
+    win = geo.window(x.shape[1:3], k, stride=stride, padding=padding, dilation=dilation,
+                     output_padding=output_padding, transposed=True)
+    channel_wise = _check_kernel(kernel, x.shape[0], win, x.shape[-1])
     w = weight if not shared_filters else weight[:, :, 0, 0]
-    y = windowed_product(x_dil, kernel, w, g, impl)
+    y = windowed_product(win.pad_input(x), kernel, w,
+                         _Product(win, not shared_filters, channel_wise), impl)
     return _add_bias(y, bias)
 
 
@@ -139,13 +133,12 @@ def pac_pool2d(x, kernel, *, kernel_size, stride=1, padding=0, dilation=1, impl=
 def _pac_pool2d(x, kernel, *, kernel_size, stride=1, padding=0, dilation=1, impl="auto",
                 tiling=None):
     geo.check_rank(x, 4, "x", "B, H, W, C")
-    k = geo.check_kernel_size(kernel_size)
-    s, p, d, out_size = geo.conv_geometry(x.shape[1:3], k, stride, padding, dilation)
-    channel_wise = _check_kernel(kernel, x.shape[0], out_size, k, x.shape[-1])
-    x_pad = geo.pad_spatial(x, [(p[0], p[0]), (p[1], p[1])])
-    g = _Geometry(k, out_size, s, d, False, channel_wise)
-    ones = jnp.ones(k, compute_dtype(x, kernel))
-    return windowed_product(x_pad, kernel, ones, g, impl, tiling)
+    win = geo.window(x.shape[1:3], kernel_size, stride=stride, padding=padding,
+                     dilation=dilation)
+    channel_wise = _check_kernel(kernel, x.shape[0], win, x.shape[-1])
+    ones = jnp.ones(win.kernel_size, compute_dtype(x, kernel))
+    return windowed_product(win.pad_input(x), kernel, ones, _Product(win, False, channel_wise),
+                            impl, tiling)
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,9 +158,9 @@ def _check_weight(weight, in_channels, shared_filters):
     return k
 
 
-def _check_kernel(kernel, batch, out_size, k, channels):
+def _check_kernel(kernel, batch, win: geo.Window, channels):
     """Validate the adapting kernel's shape; return whether it is channel-wise."""
-    expected = (batch, *out_size, *k)
+    expected = (batch, *win.out_size, *win.kernel_size)
     if getattr(kernel, "ndim", None) not in (5, 6) or tuple(kernel.shape[:5]) != expected:
         raise ValueError(f"kernel must have shape {expected} ([B, Ho, Wo, kh, kw], optionally "
                          f"with a trailing channel axis), got {getattr(kernel, 'shape', None)}")
@@ -189,7 +182,7 @@ def _add_bias(y, bias):
 # the windowed product
 
 
-def windowed_product(x_pad, kernel, weight, g: _Geometry, impl: str = "auto",
+def windowed_product(x_pad, kernel, weight, g: _Product, impl: str = "auto",
                      tiling: Tiling = None):
     """Dispatch the windowed product to an implementation.
 
@@ -204,7 +197,8 @@ def windowed_product(x_pad, kernel, weight, g: _Geometry, impl: str = "auto",
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
-        impl = choose_impl(x_pad.shape, g.kernel_size, g.out_size, jnp.dtype(x_pad.dtype).itemsize)
+        impl = choose_impl(x_pad.shape, g.window.kernel_size, g.window.out_size,
+                           jnp.dtype(x_pad.dtype).itemsize)
     out_dtype = jnp.result_type(x_pad, kernel, weight)
     dtype = compute_dtype(x_pad, kernel, weight)
     x_pad, kernel, weight = x_pad.astype(dtype), kernel.astype(dtype), weight.astype(dtype)
@@ -212,30 +206,31 @@ def windowed_product(x_pad, kernel, weight, g: _Geometry, impl: str = "auto",
         y = _patches_product(x_pad, kernel, weight, g)
     else:
         if tiling is None:
-            tiling = choose_tiling("sum", batch=x_pad.shape[0], out_size=g.out_size,
+            tiling = choose_tiling("sum", batch=x_pad.shape[0], out_size=g.window.out_size,
                                    channels=x_pad.shape[-1], itemsize=dtype.itemsize,
                                    dense=g.dense)
         y = _loop_product(x_pad, kernel, weight, g, tiling)
     return y.astype(out_dtype)
 
 
-def _patches_product(x_pad, kernel, weight, g: _Geometry):
-    windows = geo.extract_windows(x_pad, g.kernel_size, g.out_size, g.stride, g.dilation)
+def _patches_product(x_pad, kernel, weight, g: _Product):
+    win = g.window
+    windows = geo.extract_windows(x_pad, win.kernel_size, win.out_size, win.tap_stride,
+                                  win.dilation)
     weighted = windows * (kernel if g.channel_wise else kernel[..., None])
     if g.dense:
         return jnp.einsum("bhwijc,ijco->bhwo", weighted, weight, precision=matmul_precision())
     return jnp.einsum("bhwijc,ij->bhwc", weighted, weight, precision=matmul_precision())
 
 
-def _loop_product(x_pad, kernel, weight, g: _Geometry, tiling: Tiling):
-    taps = g.kernel_size[0] * g.kernel_size[1]
+def _loop_product(x_pad, kernel, weight, g: _Product, tiling: Tiling):
+    taps = g.window.taps
     kern = kernel.reshape(*kernel.shape[:3], taps, *kernel.shape[5:])
     kern = jnp.moveaxis(kern, 3, 0)                        # [T, B, Ho, Wo(, C)]
     if not g.channel_wise and not g.dense:
         kern = kern[..., None]           # per-channel sums take [T, B, Ho, Wo, 1 or C]
     w = weight.reshape(taps, *weight.shape[2:]) if g.dense else weight.reshape(taps, 1)
-    plan = tap_loop.Plan(g.kernel_size, g.out_size, g.dilation, g.stride, dense=g.dense,
-                         fused=False)
-    y, _ = tap_loop.window_sum(tap_loop.to_phases(x_pad, g.stride), kern, None, None, w, (), plan,
-                               tiling)
+    plan = tap_loop.Plan(g.window, dense=g.dense, fused=False)
+    y, _ = tap_loop.window_sum(tap_loop.to_phases(x_pad, g.window.tap_stride), kern, None, None,
+                               w, (), plan, tiling)
     return y

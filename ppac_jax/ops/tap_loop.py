@@ -41,18 +41,16 @@ from ppac_jax.ops.kernel import kernel_from_distance, tap_distance
 from ppac_jax.ops.precision import matmul_precision
 from ppac_jax.ops.tiling import Tiling
 
+
 class Plan(NamedTuple):
     """Static description of one window sum (hashable: the custom VJP's non-diff argument)."""
-    kernel_size: geo.Pair
-    out_size: geo.Pair
-    dilation: geo.Pair
-    stride: geo.Pair          # number of phases of every source
+    window: geo.Window        # sources have window.tap_stride phases; window.out_size outputs
     dense: bool               # weight [T, C, O]; otherwise per-channel [T, C or 1]
     fused: bool               # kernel computed from guide samples; otherwise given per tap
     kernel_type: str = "gaussian"
     asym: bool = False
     with_sum: bool = False    # also return N = sum_t K_t v_t
-    centre_tap: int = -1      # fused without a centre array: the centre is this tap's guide
+    centre_tap: int = -1      # fused without a centre array: window.centre_tap (its guide)
     # fused gaussian: the centre array's last channel is a per-pixel shift m of the squared
     # distance, K_t = exp(-(d_t - m) / 2) (see window_min_distance)
     shifted: bool = False
@@ -115,13 +113,13 @@ def window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, tiling: Til
 
 def _strips(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
     """:func:`window_sum` in the plan's layout, output rows in strips of ``plan.rows``."""
-    out_h = plan.out_size[0]
+    out_h = plan.window.out_size[0]
     rows = plan.rows
     if rows == 0 or rows >= out_h:
         return _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan._replace(rows=0))
     # Every strip has `rows` rows; the last one is moved up to end at the last output row
     # (see _strip_start), so no source, kernel or output is padded to a whole number of strips.
-    need = out_h + _halo(plan)
+    need = out_h + plan.window.halo
 
     def pad_rows(tree, axis, size):
         def pad(a):
@@ -139,12 +137,8 @@ def _strips(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
     return _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan._replace(rows=rows))
 
 
-def _strip_count(plan: Plan):
-    return -(-plan.out_size[0] // plan.rows)
-
-
 def _strip_start(strip, plan: Plan):
-    return geo.strip_start(strip, plan.rows, plan.out_size[0])
+    return geo.strip_start(strip, plan.rows, plan.window.out_size[0])
 
 
 def _fresh_rows(cotangent, strip, start, plan: Plan):
@@ -155,11 +149,6 @@ def _fresh_rows(cotangent, strip, start, plan: Plan):
     def fresh(a):
         return jnp.where(keep.reshape(1, -1, *([1] * (a.ndim - 2))), a, jnp.zeros((), a.dtype))
     return _map(fresh, cotangent)
-
-
-def _halo(plan: Plan):
-    """Extra source rows (in phase units) a strip of output rows reads."""
-    return ((plan.kernel_size[0] - 1) * plan.dilation[0]) // plan.stride[0]
 
 
 def _rows(tree, axis, start, size):
@@ -184,8 +173,8 @@ def _rows_add(acc, update, axis, start, *, add=True):
 
 def _strip(x_ph, ksrc, v_ph, centre, start, plan: Plan):
     """The sources of output rows ``start .. start + plan.rows - 1`` and the strip's plan."""
-    span = plan.rows + _halo(plan)
-    inner = plan._replace(out_size=(plan.rows, plan.out_size[1]), rows=0, pads=())
+    span = plan.rows + plan.window.halo
+    inner = plan._replace(window=plan.window.strip(plan.rows), rows=0, pads=())
     rows = functools.partial(_padded_rows, plan=plan) if plan.pads else _rows
     ks = rows(ksrc, 3, start, span) if plan.fused else _rows(ksrc, 2, start, plan.rows)
     return (rows(x_ph, 3, start, span), ks, rows(v_ph, 3, start, span),
@@ -224,8 +213,7 @@ def _padded_rows(tree, axis, start, size, *, plan: Plan):
 def _tap_index(t, plan: Plan):
     """Start index of tap ``t`` (traced) in a phase-split source."""
     t = jnp.asarray(t, jnp.int32)
-    kw = plan.kernel_size[1]
-    ph, pw, row, col = geo.tap_phase_start((t // kw, t % kw), plan.stride, plan.dilation)
+    ph, pw, row, col = plan.window.tap_start(t)
     zero = jnp.zeros((), jnp.int32)
     index = (ph, pw, zero, row, col, zero)
     return index[:5] if plan.planar else index     # planes have no channel axis
@@ -234,7 +222,7 @@ def _tap_index(t, plan: Plan):
 def _window(src, t, plan: Plan):
     """Tap ``t``'s samples of a phase-split source: ``[B, Ho, Wo, C]`` (planes: ``[B, Ho, Wo]``)."""
     index = _tap_index(t, plan)
-    size = lambda a: (1, 1, a.shape[2], *plan.out_size, *a.shape[5:])
+    size = lambda a: (1, 1, a.shape[2], *plan.window.out_size, *a.shape[5:])
     return _map(lambda a: lax.dynamic_slice(a, index, size(a))[0, 0], src)
 
 
@@ -358,20 +346,20 @@ def window_min_distance(guide_ph, v_ph, centre, plan: Plan):
             dist = jnp.where(_window(v_ph, t, plan)[..., 0] > 0, dist, inf)
         return jnp.minimum(low, dist)
 
-    taps = plan.kernel_size[0] * plan.kernel_size[1]
+    taps = plan.window.taps
     low = lax.fori_loop(0, taps, tap, jnp.full(centre.shape[:3], inf))
     return jnp.where(jnp.isinf(low), jnp.zeros((), low.dtype), low)
 
 
 def _steps(plan: Plan):
     """``(number of full groups, size of the remainder group)``."""
-    taps = plan.kernel_size[0] * plan.kernel_size[1]
+    taps = plan.window.taps
     group = plan.group
     if group < 1:
         # Several taps per step amortise the per-step overhead and feed the dense product one
         # matmul over group * C channels (2x faster than one tap a step, measured); at most 3
         # keeps the step's temporaries (and so the op's memory) independent of the kernel size.
-        group = min(plan.kernel_size[1], 3) if plan.dense else plan.kernel_size[1]
+        group = min(plan.window.kernel_size[1], 3) if plan.dense else plan.window.kernel_size[1]
     group = min(group, taps)
     return group, taps // group, taps % group
 
@@ -412,18 +400,18 @@ def _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
         return (_rows_add(u, du, 1, start, add=False),
                 None if n is None else _rows_add(n, dn, 1, start, add=False))
 
-    return lax.fori_loop(0, _strip_count(plan), body, _zero_outputs(x_ph, weight, plan))
+    return lax.fori_loop(0, plan.window.strip_count(plan.rows), body, _zero_outputs(x_ph, weight, plan))
 
 
 def _zero_outputs(x_ph, weight, plan: Plan):
     """Zero ``(U, N)`` in the plan's layout (``N`` is ``None`` unless ``plan.with_sum``)."""
     if plan.planar:
-        plane = jnp.zeros((x_ph[0].shape[2], *plan.out_size), x_ph[0].dtype)
+        plane = jnp.zeros((x_ph[0].shape[2], *plan.window.out_size), x_ph[0].dtype)
         return tuple(plane for _ in x_ph), ((plane,) if plan.with_sum else None)
     batch, channels = x_ph.shape[2], x_ph.shape[5]
     out_channels = weight.shape[-1] if plan.dense else channels
-    u0 = jnp.zeros((batch, *plan.out_size, out_channels), x_ph.dtype)
-    n0 = jnp.zeros((batch, *plan.out_size, 1), x_ph.dtype) if plan.with_sum else None
+    u0 = jnp.zeros((batch, *plan.window.out_size, out_channels), x_ph.dtype)
+    n0 = jnp.zeros((batch, *plan.window.out_size, 1), x_ph.dtype) if plan.with_sum else None
     return u0, n0
 
 
@@ -515,7 +503,7 @@ def _window_sum_bwd(plan, residuals, cotangents):
         return (dx, dk, dc, dw + gw, jax.tree_util.tree_map(jnp.add, dp, gp))
 
     carry = (dx0, dk0, None if centre is None else zeros(centre), zeros(weight), zeros(params))
-    dx, dk, dc, dw, dp = lax.fori_loop(0, _strip_count(plan), body, carry)
+    dx, dk, dc, dw, dp = lax.fori_loop(0, plan.window.strip_count(plan.rows), body, carry)
     return dx, dk, dv, dc, dw, dp
 
 
