@@ -16,7 +16,7 @@ from jax import lax
 
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops import tap_loop
-from ppac_jax.ops.kernel import KERNEL_TYPES, _check_inv_param, centre_features, compute_dtype
+from ppac_jax.ops.kernel import KernelSpec, centre_features, compute_dtype, kernel_spec
 from ppac_jax.ops.pac import _add_bias, _check_weight
 from ppac_jax.ops.precision import matmul_precision
 from ppac_jax.ops.tiling import choose_tiling
@@ -63,8 +63,9 @@ def _fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilat
     k = _check_weight(weight, x.shape[-1], shared_filters)
     win = geo.window(x.shape[1:3], k, stride=stride, padding=padding, dilation=dilation)
     return _fused(x, guide, win, weight, bias, shared_filters,
-                  _kernel_options(kernel_type, asym, inv_alpha, inv_lambda, guide.shape[-1]),
-                  smooth_kernel, normalize, mask, tiling)
+                  *kernel_spec(kernel_type, asym=asym, inv_alpha=inv_alpha,
+                               inv_lambda=inv_lambda, depth=guide.shape[-1], normalize=normalize),
+                  smooth_kernel, mask, tiling)
 
 
 def fused_pac_conv_transpose2d(x, guide, weight, bias=None, *, stride=1, padding=0,
@@ -100,8 +101,9 @@ def fused_pac_conv_transpose2d(x, guide, weight, bias=None, *, stride=1, padding
         raise ValueError(f"guide must be [B, Ho, Wo, D] on the output grid "
                          f"{(x.shape[0], *win.out_size)}, got {guide.shape}")
     return _fused(x, guide, win, weight, bias, shared_filters,
-                  _kernel_options(kernel_type, asym, inv_alpha, inv_lambda, guide.shape[-1]),
-                  smooth_kernel, normalize, mask, None)
+                  *kernel_spec(kernel_type, asym=asym, inv_alpha=inv_alpha,
+                               inv_lambda=inv_lambda, depth=guide.shape[-1], normalize=normalize),
+                  smooth_kernel, mask, None)
 
 
 def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, *, stride=1,
@@ -162,21 +164,9 @@ def _fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None,
 # --------------------------------------------------------------------------------------------
 
 
-def _kernel_options(kernel_type, asym, inv_alpha, inv_lambda, depth):
-    if kernel_type not in KERNEL_TYPES:
-        raise ValueError(f"kernel_type must be one of {KERNEL_TYPES}, got {kernel_type!r}")
-    params = ()
-    if kernel_type == "inv":
-        if inv_alpha is None or inv_lambda is None:
-            raise ValueError('kernel_type="inv" requires inv_alpha and inv_lambda')
-        params = (_check_inv_param(inv_alpha, "inv_alpha", depth, False),
-                  _check_inv_param(inv_lambda, "inv_lambda", depth, False))
-    return kernel_type, bool(asym), params
-
-
-def _fused(x, guide, win: geo.Window, weight, bias, shared_filters, kopts, smooth_kernel,
-           normalize, mask, tiling):
-    kernel_type, asym, params = kopts
+def _fused(x, guide, win: geo.Window, weight, bias, shared_filters, spec: KernelSpec, params,
+           smooth_kernel, mask, tiling):
+    normalize = spec.normalize
     batch, channels = x.shape[0], x.shape[-1]
     if mask is not None:
         geo.check_rank(mask, 4, "mask", "B, h_in, w_in, 1")
@@ -210,11 +200,11 @@ def _fused(x, guide, win: geo.Window, weight, bias, shared_filters, kopts, smoot
         w = jnp.broadcast_to(weight[:, :, 0, :], (*k, 1)).reshape(win.taps, 1)
     else:
         w = weight.reshape(win.taps, channels, weight.shape[-1])
-    plan = tap_loop.Plan(win, dense=not shared_filters, fused=True, kernel_type=kernel_type,
-                         asym=asym, with_sum=normalize,
+    plan = tap_loop.Plan(win, dense=not shared_filters, fused=True, kernel=spec,
+                         with_sum=normalize,
                          centre_tap=-1 if centre is not None else win.centre_tap)
     ph = lambda a: tap_loop.to_phases(a, win.tap_stride)
-    if normalize and kernel_type == "gaussian":
+    if spec.log_domain:
         centre, plan = _shift_kernel(guide, guide_padded, centre, ph(guide_padded), ph(valid),
                                      win, plan)
     if win.tap_stride == (1, 1) and not win.transposed:
@@ -264,8 +254,8 @@ def _fused_depthwise(x, guide, weight, stride, padding, dilation, kernel_type, a
                          f"got {guide.shape}")
     win = geo.window(x.shape[1:3], weight.shape[:2], stride=stride, padding=padding,
                      dilation=dilation, kernel_name="weight kernel size (weight.shape[:2])")
-    kernel_type, asym, params = _kernel_options(kernel_type, asym, inv_alpha, inv_lambda,
-                                                guide.shape[-1])
+    spec, params = kernel_spec(kernel_type, asym=asym, inv_alpha=inv_alpha,
+                               inv_lambda=inv_lambda, depth=guide.shape[-1])
     kdtype = compute_dtype(guide, smooth_kernel, *params)
     dtype = compute_dtype(x, weight, kdtype)
     out_dtype = jnp.result_type(x, weight, guide)
@@ -273,7 +263,7 @@ def _fused_depthwise(x, guide, weight, stride, padding, dilation, kernel_type, a
     guide_padded = win.pad_guide(guide)
     centre = None if smooth_kernel is None else centre_features(
         guide, guide_padded, win, jnp.asarray(smooth_kernel, dtype))
-    plan = tap_loop.Plan(win, dense=False, fused=True, kernel_type=kernel_type, asym=asym,
+    plan = tap_loop.Plan(win, dense=False, fused=True, kernel=spec,
                          centre_tap=-1 if centre is not None else win.centre_tap)
     ph = lambda a: tap_loop.to_phases(a, win.tap_stride)
     if tiling is None:

@@ -20,6 +20,8 @@ _LOG_GAUSSIAN = "log_gaussian"
 _MAX_SHIFTED_LOG = 50.0
 # Added to the squared distance of `inv` kernels before the power (reference value).
 _INV_EPS = 1e-4
+# Floor of a shifted distance: exp(-_SHIFT_FLOOR / 2) = e^50 stays finite in float32.
+_SHIFT_FLOOR = -100.0
 
 
 def compute_dtype(*arrays):
@@ -28,6 +30,55 @@ def compute_dtype(*arrays):
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.float32
     return jnp.promote_types(dtype, jnp.float32)
+
+
+class KernelSpec(NamedTuple):
+    """The formula of one adapting kernel (static, hashable; built by :func:`kernel_spec`).
+
+    With ``x = sum_c (relu if asym)(f_j - f_i)_c ** 2`` (per channel if ``channel_wise``),
+    ``K = exp(-x / 2)`` (gaussian) or ``inv_alpha + (x + 1e-4) ** (inv_lambda / 2)`` (inv);
+    ``normalize`` divides K by its window sum (a gaussian then from its exponent,
+    :attr:`log_domain`). The parameters ``(inv_alpha, inv_lambda)`` are arrays and travel
+    beside the spec as ``params`` (``()`` for a gaussian).
+    """
+    kernel_type: str = "gaussian"
+    asym: bool = False
+    channel_wise: bool = False
+    normalize: bool = False
+
+    @property
+    def log_domain(self) -> bool:
+        return self.normalize and self.kernel_type == "gaussian"
+
+    def distance(self, features, centre, shift=None):
+        """``x`` of one tap (:func:`tap_distance`); with ``shift``, ``x - shift``. Counted taps
+        have ``x >= shift`` up to rounding (no comparison here: it would cut the gradient of
+        the window's nearest tap); the floor only keeps taps that the shift did not count
+        from overflowing ``exp``."""
+        dist = tap_distance(features, centre, asym=self.asym, channel_wise=self.channel_wise)
+        if shift is None:
+            return dist
+        return jnp.maximum(dist - shift, jnp.asarray(_SHIFT_FLOOR, dist.dtype))
+
+    def value(self, dist, params=(), *, log=False):
+        """``K`` from ``x``; ``log``: the gaussian's exponent ``-x / 2`` instead."""
+        return kernel_from_distance(dist, _LOG_GAUSSIAN if log else self.kernel_type, *params)
+
+
+def kernel_spec(kernel_type="gaussian", *, asym=False, inv_alpha=None, inv_lambda=None,
+                depth: int, channel_wise=False, normalize=False):
+    """Validated ``(KernelSpec, params)`` for a guide with ``depth`` channels; ``params`` is
+    ``()`` or ``(inv_alpha, inv_lambda)`` (shape ``()``, or ``[D]`` when ``channel_wise``).
+    Raises ``ValueError`` naming the bad argument."""
+    if kernel_type not in KERNEL_TYPES:
+        raise ValueError(f"kernel_type must be one of {KERNEL_TYPES}, got {kernel_type!r}")
+    params = ()
+    if kernel_type == "inv":
+        if inv_alpha is None or inv_lambda is None:
+            raise ValueError('kernel_type="inv" requires inv_alpha and inv_lambda')
+        params = (_check_inv_param(inv_alpha, "inv_alpha", depth, channel_wise),
+                  _check_inv_param(inv_lambda, "inv_lambda", depth, channel_wise))
+    return KernelSpec(kernel_type, bool(asym), bool(channel_wise), bool(normalize)), params
 
 
 def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_padding=0,
@@ -87,17 +138,11 @@ def _pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_p
     win = geo.window(guide.shape[1:3], kernel_size, stride=stride, padding=padding,
                      dilation=dilation, output_padding=output_padding, transposed=transposed,
                      output_grid=True, name="guide")
-    if kernel_type not in KERNEL_TYPES:
-        raise ValueError(f"kernel_type must be one of {KERNEL_TYPES}, got {kernel_type!r}")
     batch, _, _, depth = guide.shape
     in_size, out_size = win.in_size, win.out_size
-
-    alpha = lam = None
-    if kernel_type == "inv":
-        if inv_alpha is None or inv_lambda is None:
-            raise ValueError('kernel_type="inv" requires inv_alpha and inv_lambda')
-        alpha = _check_inv_param(inv_alpha, "inv_alpha", depth, channel_wise)
-        lam = _check_inv_param(inv_lambda, "inv_lambda", depth, channel_wise)
+    spec, params = kernel_spec(kernel_type, asym=asym, inv_alpha=inv_alpha,
+                               inv_lambda=inv_lambda, depth=depth, channel_wise=channel_wise,
+                               normalize=normalize)
 
     if mask is not None:
         geo.check_rank(mask, 4, "mask", "B, h_in, w_in, 1")
@@ -106,18 +151,17 @@ def _pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_p
                              f"got {mask.shape}")
 
     out_dtype = jnp.result_type(guide)
-    dtype = compute_dtype(guide, smooth_kernel, alpha, lam)
+    dtype = compute_dtype(guide, smooth_kernel, *params)
     guide = guide.astype(dtype)
     # A normalised gaussian kernel is built from its exponent (see _normalized_exp).
-    log_domain = normalize and kernel_type == "gaussian"
-    ktype = _LOG_GAUSSIAN if log_domain else kernel_type
+    log_domain = spec.log_domain
     if tiling is None:
         tiling = choose_tiling("kernel", batch=batch, out_size=out_size, channels=depth,
                                itemsize=dtype.itemsize, dense=channel_wise)
     if channel_wise or not tiling.planar:
-        kern = _sliced_kernel(guide, win, smooth_kernel, ktype, asym, alpha, lam, channel_wise)
+        kern = _sliced_kernel(guide, win, smooth_kernel, spec, params)
     else:
-        kern = _planar_kernel(guide, win, smooth_kernel, ktype, asym, alpha, lam, tiling.rows)
+        kern = _planar_kernel(guide, win, smooth_kernel, spec, params, tiling.rows)
 
     output_mask = None
     if mask is not None or normalize:
@@ -266,17 +310,15 @@ def _input_taps(values, win: geo.Window):
     return cols.reshape(values.shape[0], *win.out_size, *win.kernel_size)
 
 
-def _sliced_kernel(guide, win: geo.Window, smooth_kernel, kernel_type, asym, alpha, lam,
-                   channel_wise=False):
+def _sliced_kernel(guide, win: geo.Window, smooth_kernel, spec: KernelSpec, params):
     """``[B, Ho, Wo, kh, kw(, D)]`` from ``kh * kw`` channels-last tap slices of the guide."""
     guide_padded = win.pad_guide(guide)
     centre = centre_features(guide, guide_padded, win, smooth_kernel)
-    values = [tap_distance(win.tap_slice(guide_padded, tap), centre, asym=asym,
-                           channel_wise=channel_wise)
+    values = [spec.distance(win.tap_slice(guide_padded, tap), centre)
               for tap in geo.taps(win.kernel_size)]
     dist = jnp.stack(values, axis=3)
     dist = dist.reshape(guide.shape[0], *win.out_size, *win.kernel_size, *dist.shape[4:])
-    return kernel_from_distance(dist, kernel_type, alpha, lam)
+    return spec.value(dist, params, log=spec.log_domain)
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,12 +336,11 @@ def _sliced_kernel(guide, win: geo.Window, smooth_kernel, kernel_type, asym, alp
 class _KernelPlan(NamedTuple):
     """Static description of one planar kernel computation (hashable)."""
     window: geo.Window
-    kernel_type: str
-    asym: bool
+    kernel: KernelSpec
     rows: int
 
 
-def _planar_kernel(guide, win: geo.Window, smooth_kernel, kernel_type, asym, alpha, lam, rows):
+def _planar_kernel(guide, win: geo.Window, smooth_kernel, spec: KernelSpec, params, rows):
     """``[B, Ho, Wo, kh, kw]`` kernel of summed feature distances (not channel-wise)."""
     batch, height, width, depth = guide.shape
     dtype = guide.dtype
@@ -310,9 +351,8 @@ def _planar_kernel(guide, win: geo.Window, smooth_kernel, kernel_type, asym, alp
     centre = centre.reshape(depth, batch, *win.out_size)
     phases = geo.phase_split(padded, win.tap_stride)
     phases = phases.reshape(*phases.shape[:2], depth, batch, *phases.shape[3:5])
-    params = (() if kernel_type in ("gaussian", _LOG_GAUSSIAN)
-              else (alpha.astype(dtype), lam.astype(dtype)))
-    plan = _KernelPlan(win, kernel_type, asym, min(rows or win.out_size[0], win.out_size[0]))
+    params = tuple(q.astype(dtype) for q in params)
+    plan = _KernelPlan(win, spec, min(rows or win.out_size[0], win.out_size[0]))
     kern = _kernel_taps(phases, centre, params, plan)
     # Outside the custom VJP, so that XLA cancels this against a tap-major consumer's transpose
     # (ops.pac_conv2d's loop), forward and backward.
@@ -321,8 +361,8 @@ def _planar_kernel(guide, win: geo.Window, smooth_kernel, kernel_type, asym, alp
 
 def _tap_value(windows, centres, params, plan: _KernelPlan):
     """Kernel value of one tap from per-channel samples and centres (``D`` arrays each)."""
-    dist = tap_distance(windows, centres, asym=plan.asym)
-    return kernel_from_distance(dist, plan.kernel_type, *params)
+    return plan.kernel.value(plan.kernel.distance(windows, centres), params,
+                             log=plan.kernel.log_domain)
 
 
 def _tap_start(t, channel, plan: _KernelPlan):

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ppac_jax.ops import geometry as geo
-from ppac_jax.ops.kernel import kernel_from_distance, tap_distance
+from ppac_jax.ops.kernel import KernelSpec
 from ppac_jax.ops.precision import matmul_precision
 from ppac_jax.ops.tiling import Tiling
 
@@ -47,8 +47,7 @@ class Plan(NamedTuple):
     window: geo.Window        # sources have window.tap_stride phases; window.out_size outputs
     dense: bool               # weight [T, C, O]; otherwise per-channel [T, C or 1]
     fused: bool               # kernel computed from guide samples; otherwise given per tap
-    kernel_type: str = "gaussian"
-    asym: bool = False
+    kernel: KernelSpec = KernelSpec()   # fused: the kernel's formula
     with_sum: bool = False    # also return N = sum_t K_t v_t
     centre_tap: int = -1      # fused without a centre array: window.centre_tap (its guide)
     # fused gaussian: the centre array's last channel is a per-pixel shift m of the squared
@@ -261,11 +260,10 @@ def _group_terms(xs, ks, vs, centre, ws, params, plan: Plan):
     for g, k_src in enumerate(ks):
         if plan.fused:
             if plan.shifted:
-                dist = _shifted(tap_distance(k_src, centre[..., :-1], asym=plan.asym),
-                                centre[..., -1])
+                dist = plan.kernel.distance(k_src, centre[..., :-1], centre[..., -1])
             else:
-                dist = tap_distance(k_src, centre, asym=plan.asym)
-            kern = kernel_from_distance(dist, plan.kernel_type, *params)[..., None]
+                dist = plan.kernel.distance(k_src, centre)
+            kern = plan.kernel.value(dist, params)[..., None]
         else:
             # A dense product's kernel may come without a channel axis: its per-tap gradient
             # then has the image width innermost (a trailing axis of 1 made XLA CPU's updates
@@ -291,13 +289,10 @@ def _group_terms_planar(xs, ks, vs, centre, ws, params, plan: Plan):
     kernels = []
     for g, k_src in enumerate(ks):
         if plan.fused:
-            # tap_distance per plane (channel_wise) summed over the planes: the one formula.
+            # the distance summed plane by plane: the one formula
             features = centre[:-1] if plan.shifted else centre
-            dist = add([tap_distance(f, c, asym=plan.asym, channel_wise=True)
-                        for f, c in zip(k_src, features)])
-            if plan.shifted:
-                dist = _shifted(dist, centre[-1])
-            kern = (kernel_from_distance(dist, plan.kernel_type, *params),)
+            dist = plan.kernel.distance(k_src, features, centre[-1] if plan.shifted else None)
+            kern = (plan.kernel.value(dist, params),)
         else:
             kern = k_src                       # one plane, or one per channel (channel-wise)
         if vs is not None:
@@ -309,17 +304,6 @@ def _group_terms_planar(xs, ks, vs, centre, ws, params, plan: Plan):
               for c in range(channels))
     n = (add([kern[0] for kern in kernels]),) if plan.with_sum else None
     return u, n
-
-
-def _shifted(dist, shift):
-    """``dist - shift``. Counted taps have ``dist >= shift`` up to rounding (no comparison here:
-    it would cut the gradient of the window's nearest tap); the floor only keeps taps the
-    minimum did not count, which the validity zeroes, from overflowing exp."""
-    return jnp.maximum(dist - shift, jnp.asarray(_SHIFT_FLOOR, dist.dtype))
-
-
-# exp(-_SHIFT_FLOOR / 2) = e^50 stays finite in float32 (as ops.kernel's cap)
-_SHIFT_FLOOR = -100.0
 
 
 def window_min_distance(guide_ph, v_ph, centre, plan: Plan):
@@ -341,7 +325,7 @@ def window_min_distance(guide_ph, v_ph, centre, plan: Plan):
     inf = jnp.asarray(jnp.inf, centre.dtype)
 
     def tap(t, low):
-        dist = tap_distance(_window(guide_ph, t, plan), centre, asym=plan.asym)
+        dist = plan.kernel.distance(_window(guide_ph, t, plan), centre)
         if v_ph is not None:
             dist = jnp.where(_window(v_ph, t, plan)[..., 0] > 0, dist, inf)
         return jnp.minimum(low, dist)
