@@ -78,22 +78,6 @@ def transposed_input_size(size: int, k: int, stride: int, padding: int,
     return (size - output_padding - 1 - (k - 1) * dilation + 2 * padding) // stride + 1
 
 
-def conv_geometry(spatial: Sequence[int], k: Pair, stride: IntOrPair, padding: IntOrPair,
-                  dilation: IntOrPair, name: str = "x"):
-    """Validated ``(stride, padding, dilation, out_size)`` of a (PAC) convolution of ``x``.
-
-    ``spatial`` is x's ``(H, W)``; raises ``ValueError`` for bad values or an empty output.
-    """
-    s = check_positive(stride, "stride")
-    p = check_non_negative(padding, "padding")
-    d = check_positive(dilation, "dilation")
-    out = tuple(conv_output_size(spatial[a], k[a], s[a], p[a], d[a]) for a in range(2))
-    if min(out) < 1:
-        raise ValueError(f"{name} spatial size {tuple(spatial)} is too small for kernel_size={k}, "
-                         f"dilation={d}, padding={p}")
-    return s, p, d, out
-
-
 def transposed_geometry(spatial: Sequence[int], k: Pair, stride: IntOrPair, padding: IntOrPair,
                         output_padding: IntOrPair, dilation: IntOrPair):
     """Validated ``(stride, padding, output_padding, dilation, out_size)`` of a transposed conv.
@@ -236,10 +220,7 @@ def window(size: Sequence[int], kernel_size: IntOrPair, *, stride: IntOrPair = 1
     """
     k = check_kernel_size(kernel_size, kernel_name)
     size = tuple(int(v) for v in size)
-    if not transposed:
-        s, p, d, out = conv_geometry(size, k, stride, padding, dilation, name)
-        return Window(k, s, p, d, (0, 0), False, size, out)
-    if not output_grid:
+    if transposed and not output_grid:
         s, p, op, d, out = transposed_geometry(size, k, stride, padding, output_padding,
                                                dilation)
         return Window(k, s, p, d, op, True, size, out)
@@ -247,6 +228,12 @@ def window(size: Sequence[int], kernel_size: IntOrPair, *, stride: IntOrPair = 1
     p = check_non_negative(padding, "padding")
     d = check_positive(dilation, "dilation")
     op = check_non_negative(output_padding, "output_padding")
+    if not transposed:
+        out = tuple(conv_output_size(size[a], k[a], s[a], p[a], d[a]) for a in range(2))
+        if min(out) < 1:
+            raise ValueError(f"{name} spatial size {size} is too small for kernel_size={k}, "
+                             f"dilation={d}, padding={p}")
+        return Window(k, s, p, d, (0, 0), False, size, out)
     in_size = tuple(transposed_input_size(size[a], k[a], s[a], p[a], op[a], d[a])
                     for a in range(2))
     expected = tuple(transposed_output_size(in_size[a], k[a], s[a], p[a], op[a], d[a])
