@@ -1,7 +1,6 @@
 """Joint-upsampling comparison on the built-in scenes: every model trained with the same budget.
 
-    python -m benchmarks.upsample                       # depth and flow, x4 x8 x16 (~20 min
-                                                        # estimated on an idle 2-core CPU)
+    python -m benchmarks.upsample                       # depth and flow, x4 x8 x16
     python -m benchmarks.upsample --tasks depth --factors 8 --steps 400 --out table.md
 
 For each task (depth: RMSE in metres; flow: EPE in pixels) and factor, Bilinear,
@@ -50,17 +49,18 @@ def run_one(task_name, factor, model, args, sources, log):
                                num_pictures=0)
     trainer = Trainer(task, train.train_config(config, progress=False))
     n_params = sum(int(x.size) for x in jax.tree_util.tree_leaves(trainer.state["params"]))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if n_params:
         for step in range(args.steps):
             metrics = trainer.train_step(task.train_batch(step))
         jax.block_until_ready(metrics)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     result = task.evaluate(trainer.predict, args.steps, None)
     key = task.best_metric[0]
     row = {"task": task_name, "factor": factor, "model": model, "name": config.model.model,
            "metric": key, "value": result[key], "bilinear": result[f"{key}_bilinear"],
-           "train_s": seconds, "parameters": n_params, "steps": args.steps if n_params else 0}
+           "train_s": seconds, "train_cpu_s": cpu_seconds, "parameters": n_params,
+           "steps": args.steps if n_params else 0}
     log(json.dumps(row))
     return row
 
@@ -70,13 +70,15 @@ def table(rows, args, load):
              f"{args.val_scenes} held-out scenes; every trainable model {args.steps} steps of "
              f"batch {args.batch_size}, {args.crop}x{args.crop} crops, Adam lr {args.lr} "
              f"(x0.1 at 75%); load average at start {load}.", "",
-             "| task | factor | model | held-out metric | vs bilinear | train time (s) | parameters |",
-             "|---|---|---|---|---|---|---|"]
+             "| task | factor | model | held-out metric | vs bilinear | train wall (s) | "
+             "train CPU (s) | parameters |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         unit = "RMSE (m)" if r["metric"] == "rmse" else "EPE (px)"
         change = 100 * (r["value"] - r["bilinear"]) / r["bilinear"]
         lines.append(f"| {r['task']} | x{r['factor']} | {r['name']} | {unit} {r['value']:.4f} | "
-                     f"{change:+.1f}% | {r['train_s']:.0f} | {r['parameters']:,} |")
+                     f"{change:+.1f}% | {r['train_s']:.0f} | {r['train_cpu_s']:.0f} | "
+                     f"{r['parameters']:,} |")
     return "\n".join(lines)
 
 
@@ -100,17 +102,20 @@ def main(argv=None) -> int:
     from ppac_jax.data.upsampling_sources import synthetic_source
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    sources = {task_name: (synthetic_source(range(args.train_scenes), height=args.height,
+                                            width=args.width, task=task_name),
+                           synthetic_source(range(900_000, 900_000 + args.val_scenes),
+                                            height=args.height, width=args.width,
+                                            task=task_name))
+               for task_name in args.tasks}
     rows = []
-    for task_name in args.tasks:
-        sources = (synthetic_source(range(args.train_scenes), height=args.height,
-                                    width=args.width, task=task_name),
-                   synthetic_source(range(900_000, 900_000 + args.val_scenes),
-                                    height=args.height, width=args.width, task=task_name))
-        for factor in args.factors:
-            if args.crop % factor:
-                raise SystemExit(f"--crop {args.crop} must be a multiple of every factor")
+    for factor in args.factors:  # factor-major: a partial run still covers every task
+        if args.crop % factor:
+            raise SystemExit(f"--crop {args.crop} must be a multiple of every factor")
+        for task_name in args.tasks:
             for model in args.models:
-                rows.append(run_one(task_name, factor, model, args, sources, print))
+                rows.append(run_one(task_name, factor, model, args, sources[task_name], print))
+    rows.sort(key=lambda r: (args.tasks.index(r["task"]), r["factor"]))
     text = table(rows, args, f"{load:.1f}")
     print(text)
     if args.out:

@@ -1,4 +1,4 @@
-"""Run a tiny flow-refinement training in a subprocess (used by tests/test_train_*.py).
+"""Run a tiny flow-refinement training in a subprocess (used by tests/train/test_train_distributed.py).
 
     python -m tests.train_helper --data D.npz --workdir W --steps 6 --out params.npz
 """

@@ -1,4 +1,4 @@
-"""Run a tiny joint-upsampling training in a subprocess (used by tests/test_train_upsample.py).
+"""Run a tiny joint-upsampling training in a subprocess (used by tests/experiments/test_train_upsample.py).
 
     python -m tests.train_upsample_helper --workdir W --steps 4 --out params.npz
 

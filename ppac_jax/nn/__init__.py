@@ -4,6 +4,7 @@ from ppac_jax.nn import fillers
 from ppac_jax.nn.crf import PacCRF, PacCRFLoose
 from ppac_jax.nn.layers import (Buffer, Conv2d, NormalizedPacConv2d, PacConv2d,
                                 PacConvTranspose2d, PacPool2d, ProbPacConv2d, ReLU)
+from ppac_jax.nn.norm import BatchNorm2d, BatchStat
 from ppac_jax.nn.refine import PacNetAdvancedNormalization, PPacNet
 from ppac_jax.nn.hot_swap import GuideChannel, HotSwappedPacConv2d, hot_swap, set_guide
 from ppac_jax.nn.crf_models import (ModelWithConvCrf, ModelWithCrf, create_model, freeze,
@@ -14,6 +15,8 @@ from ppac_jax.nn.upsample import (DJIF, Bilinear, DJIFWide, JointBilateral, PacJ
 
 __all__ = [
     "fillers",
+    "BatchNorm2d",
+    "BatchStat",
     "Buffer",
     "Conv2d",
     "NormalizedPacConv2d",

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -41,14 +43,29 @@ class GuideChannel:
     """The guide ``[B, H, W, D]`` that the hot-swapped layers of one model read.
 
     Static in the NNX graph (hashable; all channels compare equal, so equal models keep equal
-    graph definitions); ``value`` is written during the forward pass and only read in the same
-    trace.
+    graph definitions); ``value`` is written during the forward pass (or by
+    :func:`set_guide`) and only read in the same trace. A guide written inside a JAX
+    transformation (``jax.jit``, ``jax.vjp``, ...) is a tracer that dies with it: reading the
+    channel outside that transformation (after it has returned, or in another one) gives
+    ``None`` and drops the tracer, so a swapped layer reports a missing guide instead of JAX's
+    leaked-tracer error. Nested transformations inside the one that set it read it normally.
     """
 
-    __slots__ = ("value",)
+    __slots__ = ("_value",)
 
     def __init__(self):
-        self.value = None
+        self._value = None
+
+    @property
+    def value(self):
+        """The guide, or ``None`` when none was set or it was set in a finished trace."""
+        if _is_dead_tracer(self._value):
+            self._value = None
+        return self._value
+
+    @value.setter
+    def value(self, guide):
+        self._value = guide
 
     def __hash__(self):
         return hash(GuideChannel)
@@ -63,13 +80,29 @@ class GuideChannel:
         return "GuideChannel()"
 
 
+def _is_dead_tracer(value) -> bool:
+    """Whether ``value`` is a tracer whose trace is neither the current JAX trace nor one it is
+    nested in, i.e. the transformation that made it has returned (a leaked tracer)."""
+    if not isinstance(value, jax.core.Tracer):
+        return False
+    own = getattr(value, "_trace", None)
+    if own is None:                # a JAX without the attribute: JAX's own error applies
+        return False
+    with jax.extend.core.take_current_trace() as trace:
+        while trace is not None:
+            if trace is own:
+                return False
+            trace = getattr(trace, "parent_trace", None)
+    return True
+
+
 class HotSwappedPacConv2d(PacConv2d):
     """A :class:`~ppac_jax.nn.PacConv2d` that reads its guide from a shared :class:`GuideChannel`.
 
     Call: ``layer(x [B, H, W, Cin])`` uses the channel's guide (resized to ``(H, W)`` when its size
     differs, times ``guide_scale``); ``layer(x, guide)`` / ``layer(x, kernel=K)`` as
     ``PacConv2d`` (an explicit guide is used as given). Raises ``ValueError`` when no guide
-    was set.
+    was set, or the guide was set inside a JAX transformation that has returned since.
     """
 
     def __init__(self, *args, guide_channel: GuideChannel, guide_scale: float = 1.0, **kwargs):
@@ -81,8 +114,10 @@ class HotSwappedPacConv2d(PacConv2d):
         if guide is None and kernel is None:
             guide = self.guide_channel.value
             if getattr(guide, "ndim", None) != 4:
-                raise ValueError("hot-swapped PAC layer has no guide: call nn.set_guide(model, "
-                                 "guide) before the model, or hot_swap(..., guide_from=...)")
+                raise ValueError("hot-swapped PAC layer has no guide: a guide must be set "
+                                 "before the call, with nn.set_guide(model, guide) in the same "
+                                 "trace as the call (a guide set inside jax.jit / jax.vjp does "
+                                 "not outlive it), or hot_swap(..., guide_from=...)")
             if guide.shape[0] != x.shape[0]:
                 raise ValueError(f"guide batch {guide.shape[0]} != input batch {x.shape[0]}")
             if guide.shape[1:3] != x.shape[1:3]:

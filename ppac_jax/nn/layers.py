@@ -77,12 +77,26 @@ def _smooth_kernel_init(smooth_kernel_type: str):
                      f'"full_{{n}}" with odd n, got {smooth_kernel_type!r}')
 
 
+IMPLS = ("auto", "patches", "loop", "fused")
+
+
 class _PacBase(nnx.Module):
-    """Geometry and adapting-kernel parameters shared by the PAC layers."""
+    """What every PAC layer shares: window geometry, the adapting kernel's options and
+    parameters, and the call.
+
+    A call with a guide takes the guided engine path (``ops.fused_*``: the kernel computed
+    inside the tap loop, never materialised) wherever ops has one (:meth:`_guided`), except
+    with ``impl="patches"``, the plain-autodiff reference (``ops.pac_kernel``, then the patches
+    product); a call with a precomputed ``kernel=`` takes the product ``ops.pac_*(x, kernel,
+    ...)`` with the layer's ``impl`` (:meth:`_product`). Subclasses give both.
+    """
 
     def __init__(self, kernel_size, stride, padding, dilation, output_padding, transposed,
                  kernel_type, smooth_kernel_type, channel_wise, normalize_kernel,
-                 inv_channels: int, param_dtype):
+                 inv_channels: int, param_dtype, impl):
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        self.impl = impl
         self.kernel_size = as_pair(kernel_size, "kernel_size")
         if min(self.kernel_size) < 1 or any(k % 2 == 0 for k in self.kernel_size):
             raise ValueError(f"kernel_size must be odd, got {kernel_size!r}")
@@ -115,6 +129,21 @@ class _PacBase(nnx.Module):
             self.smooth_kernel = kind(jnp.asarray(smooth, param_dtype), torch_layout="reshape",
                                       torch_shape=(1, 1, *smooth.shape))
 
+    def _geometry(self):
+        """Window options of this layer's ops (``output_padding`` for transposed layers)."""
+        geometry = dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
+        if self.transposed:
+            geometry["output_padding"] = self.output_padding
+        return geometry
+
+    def _kernel_options(self):
+        """The adapting kernel's options as ``ops.fused_*`` take them."""
+        smooth = self.smooth_kernel[...] if hasattr(self, "smooth_kernel") else None
+        opts = dict(kernel_type=self._kernel_kind, asym=self._asym, smooth_kernel=smooth)
+        if self._kernel_kind == "inv":
+            opts.update(inv_alpha=self.inv_alpha[...], inv_lambda=self.inv_lambda[...])
+        return opts
+
     def compute_kernel(self, guide, mask=None):
         """Adapting kernel of this layer (see :func:`ppac_jax.ops.pac_kernel`).
 
@@ -125,43 +154,39 @@ class _PacBase(nnx.Module):
         Returns:
           ``(kernel [B, Ho, Wo, kh, kw(, D)], output_mask [B, Ho, Wo, 1 or D] or None)``.
         """
-        inv = {}
-        if self._kernel_kind == "inv":
-            inv = dict(inv_alpha=self.inv_alpha[...], inv_lambda=self.inv_lambda[...])
-        smooth = self.smooth_kernel[...] if hasattr(self, "smooth_kernel") else None
-        extra = dict(output_padding=self.output_padding) if self.transposed else {}
-        return ops.pac_kernel(
-            guide, self.kernel_size, stride=self.stride, padding=self.padding,
-            dilation=self.dilation, transposed=self.transposed, kernel_type=self._kernel_kind,
-            asym=self._asym, smooth_kernel=smooth, channel_wise=self.channel_wise,
-            normalize=self.normalize_kernel, mask=mask, **inv, **extra)
+        opts = self._kernel_options()
+        return ops.pac_kernel(guide, self.kernel_size, transposed=self.transposed,
+                              channel_wise=self.channel_wise, normalize=self.normalize_kernel,
+                              mask=mask, **self._geometry(), **opts)
 
-    def _fused_options(self):
-        """Kernel options of ``ops.fused_*`` (the same kernel as :meth:`compute_kernel`)."""
-        opts = dict(kernel_type=self._kernel_kind, asym=self._asym,
-                    smooth_kernel=self.smooth_kernel[...] if hasattr(self, "smooth_kernel") else None)
-        if self._kernel_kind == "inv":
-            opts.update(inv_alpha=self.inv_alpha[...], inv_lambda=self.inv_lambda[...])
-        return opts
-
-    def _use_fused(self):
-        """``impl="auto"`` (or ``"fused"``) computes the kernel inside the tap loop."""
-        return getattr(self, "impl", "auto") in ("auto", "fused")
-
-    def _two_step_impl(self):
+    def _product_impl(self):
         return "auto" if self.impl == "fused" else self.impl
 
-    def _dispatch(self, x, guide, kernel, mask):
+    def _guided(self, *inputs, guide, mask):
+        """``ops.fused_*`` of ``inputs`` and ``guide``; ``NotImplemented`` where ops has none."""
+        return NotImplemented
+
+    def _product(self, *inputs, kernel):
+        """``ops.pac_*`` of ``inputs`` with a precomputed adapting kernel."""
+        raise NotImplementedError
+
+    def _run(self, inputs, guide, kernel, mask):
         if kernel is not None:
             if guide is not None or mask is not None:
                 raise ValueError("pass either guide (and mask) or a precomputed kernel, not both")
-            return self._apply(x, kernel)
+            return self._product(*inputs, kernel=kernel)
         if guide is None:
             raise ValueError("guide is required when no precomputed kernel is given")
-        if mask is not None:
-            kernel, output_mask = self.compute_kernel(guide, mask)
-            return self._apply(x, kernel), output_mask
-        return self._pac(x, guide)
+        y = NotImplemented if self.impl == "patches" else self._guided(*inputs, guide=guide,
+                                                                        mask=mask)
+        if y is not NotImplemented:
+            return y
+        kernel, output_mask = self.compute_kernel(guide, mask)
+        y = self._product(*inputs, kernel=kernel)
+        return y if mask is None else (y, output_mask)
+
+    def __call__(self, x, guide=None, *, kernel=None, mask=None):
+        return self._run((x,), guide, kernel, mask)
 
 
 def _filled_weight(filler, rng, in_channels, out_channels, kernel_size, stride, shared_filters,
@@ -195,18 +220,26 @@ def _filled_weight(filler, rng, in_channels, out_channels, kernel_size, stride, 
     return jnp.asarray(w, param_dtype), False
 
 
+def _check_in_out(in_channels, out_channels, shared_filters):
+    cin = _check_channels(in_channels, "in_channels")
+    cout = _check_channels(out_channels, "out_channels")
+    if shared_filters and cin != cout:
+        raise ValueError(f"shared_filters=True needs in_channels == out_channels, got "
+                         f"{cin} and {cout}")
+    return cin, cout
+
+
 class _PacConvBase(_PacBase):
+    """The PAC convolution, plain or transposed (``transposed``): weights, filler, bias."""
+
     def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
                  output_padding, transposed, bias, kernel_type, smooth_kernel_type,
-                 normalize_kernel, shared_filters, filler, rngs, param_dtype):
-        self.in_channels = _check_channels(in_channels, "in_channels")
-        self.out_channels = _check_channels(out_channels, "out_channels")
-        if shared_filters and in_channels != out_channels:
-            raise ValueError(f"shared_filters=True needs in_channels == out_channels, got "
-                             f"{in_channels} and {out_channels}")
+                 normalize_kernel, shared_filters, filler, rngs, param_dtype, impl):
+        self.in_channels, self.out_channels = _check_in_out(in_channels, out_channels,
+                                                            shared_filters)
         super().__init__(kernel_size, stride, padding, dilation, output_padding, transposed,
                          kernel_type, smooth_kernel_type, False, normalize_kernel, 0,
-                         param_dtype)
+                         param_dtype, impl)
         self.shared_filters = bool(shared_filters)
         self.filler = filler
         rng = _numpy_rng(rngs)
@@ -228,6 +261,17 @@ class _PacConvBase(_PacBase):
 
     def _bias(self):
         return None if self.bias is None else self.bias[...]
+
+    def _guided(self, x, *, guide, mask):
+        op = ops.fused_pac_conv_transpose2d if self.transposed else ops.fused_pac_conv2d
+        return op(x, guide, self.weight[...], self._bias(), shared_filters=self.shared_filters,
+                  normalize=self.normalize_kernel, mask=mask, **self._geometry(),
+                  **self._kernel_options())
+
+    def _product(self, x, *, kernel):
+        op = ops.pac_conv_transpose2d if self.transposed else ops.pac_conv2d
+        return op(x, kernel, self.weight[...], self._bias(), shared_filters=self.shared_filters,
+                  impl=self._product_impl(), **self._geometry())
 
 
 class PacConv2d(_PacConvBase):
@@ -251,14 +295,20 @@ class PacConv2d(_PacConvBase):
       native_impl: accepted for compatibility (ignored).
       rngs: for the random fillers; default ``nnx.Rngs(0)``.
       param_dtype: dtype of the parameters.
-      impl: ``"auto"`` (default) or ``"fused"``: with a guide, the adapting kernel is computed
-        inside the tap loop (``ops.fused_*``), never materialised; ``"patches"`` or
-        ``"loop"``: ``ops.pac_kernel`` first, then that implementation of the PAC op (also
-        what a precomputed ``kernel=`` or a ``mask`` uses, with ``"auto"`` for ``"fused"``).
+      impl: the product implementation. ``"auto"`` (default), ``"loop"`` or ``"fused"``
+        (read as ``"auto"``): a call with a guide (and ``mask``) takes the guided engine,
+        ``ops.fused_*`` (the adapting kernel computed inside the tap loop, never
+        materialised); a precomputed ``kernel=`` takes ``ops.pac_conv2d(..., impl)``.
+        ``"patches"``: the plain-autodiff reference, ``ops.pac_kernel`` then the patches
+        product, for guided calls too.
 
     Call: ``layer(x [B,H,W,Cin], guide [B,H,W,D])`` -> ``[B,Ho,Wo,Cout]``;
     ``layer(x, kernel=K)`` with a precomputed ``[B,Ho,Wo,kh,kw]`` kernel;
-    ``layer(x, guide, mask=m)`` (``m`` ``[B,H,W,1]``) -> ``(y, output_mask [B,Ho,Wo,1])``.
+    ``layer(x, guide, mask=m)`` (``m`` ``[B,H,W,1]``, not differentiated) ->
+    ``(y, output_mask [B,Ho,Wo,1])``.
+
+    Raises:
+      ValueError: bad constructor options; bad shapes, or both / neither of guide and kernel.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
@@ -270,26 +320,7 @@ class PacConv2d(_PacConvBase):
             raise ValueError('filler="linear" is only available for PacConvTranspose2d')
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, 0,
                          False, bias, kernel_type, smooth_kernel_type, normalize_kernel,
-                         shared_filters, filler, rngs, param_dtype)
-        self.impl = impl
-
-    def __call__(self, x, guide=None, *, kernel=None, mask=None):
-        return self._dispatch(x, guide, kernel, mask)
-
-    def _pac(self, x, guide):
-        if self._use_fused():
-            return ops.fused_pac_conv2d(
-                x, guide, self.weight[...], self._bias(), stride=self.stride,
-                padding=self.padding, dilation=self.dilation,
-                shared_filters=self.shared_filters, normalize=self.normalize_kernel,
-                **self._fused_options())
-        kernel, _ = self.compute_kernel(guide)
-        return self._apply(x, kernel)
-
-    def _apply(self, x, kernel):
-        return ops.pac_conv2d(x, kernel, self.weight[...], self._bias(), stride=self.stride,
-                              padding=self.padding, dilation=self.dilation,
-                              shared_filters=self.shared_filters, impl=self._two_step_impl())
+                         shared_filters, filler, rngs, param_dtype, impl)
 
 
 class PacConvTranspose2d(_PacConvBase):
@@ -311,27 +342,7 @@ class PacConvTranspose2d(_PacConvBase):
                  param_dtype=jnp.float32, impl="auto"):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          output_padding, True, bias, kernel_type, smooth_kernel_type,
-                         normalize_kernel, shared_filters, filler, rngs, param_dtype)
-        self.impl = impl
-
-    def __call__(self, x, guide=None, *, kernel=None, mask=None):
-        return self._dispatch(x, guide, kernel, mask)
-
-    def _pac(self, x, guide):
-        if self._use_fused():
-            return ops.fused_pac_conv_transpose2d(
-                x, guide, self.weight[...], self._bias(), stride=self.stride,
-                padding=self.padding, output_padding=self.output_padding,
-                dilation=self.dilation, shared_filters=self.shared_filters,
-                normalize=self.normalize_kernel, **self._fused_options())
-        kernel, _ = self.compute_kernel(guide)
-        return self._apply(x, kernel)
-
-    def _apply(self, x, kernel):
-        return ops.pac_conv_transpose2d(
-            x, kernel, self.weight[...], self._bias(), stride=self.stride, padding=self.padding,
-            output_padding=self.output_padding, dilation=self.dilation,
-            shared_filters=self.shared_filters, impl=self._two_step_impl())
+                         normalize_kernel, shared_filters, filler, rngs, param_dtype, impl)
 
 
 class PacPool2d(_PacBase):
@@ -345,6 +356,10 @@ class PacPool2d(_PacBase):
       out_channels: number of channels; needed (> 0) for learnable channel-wise ``inv``
         parameters ``[C]``.
       native_impl: ignored.
+      rngs, param_dtype: as :class:`PacConv2d`.
+      impl: as :class:`PacConv2d`; the guided engine is ``ops.fused_pac_conv2d`` with one
+        all-ones filter shared by the channels (the same sum). A channel-wise kernel has no
+        guided form in ops: it is computed with ``ops.pac_kernel`` first, then ``impl``.
 
     Call: ``layer(x [B,H,W,C], guide [B,H,W,D])`` -> ``[B,Ho,Wo,C]``; ``layer(x, kernel=K)``;
     ``layer(x, guide, mask=m)`` -> ``(y, output_mask)``.
@@ -358,36 +373,33 @@ class PacPool2d(_PacBase):
             raise ValueError(f"filler must be one of {FILLERS}, got {filler!r}")
         super().__init__(kernel_size, stride, padding, dilation, 0, False, kernel_type,
                          smooth_kernel_type, channel_wise, normalize_kernel, int(out_channels),
-                         param_dtype)
+                         param_dtype, impl)
         self.out_channels = int(out_channels)
         self.filler = filler
-        self.impl = impl
 
-    def __call__(self, x, guide=None, *, kernel=None, mask=None):
-        return self._dispatch(x, guide, kernel, mask)
+    def _guided(self, x, *, guide, mask):
+        if self.channel_wise:
+            return NotImplemented
+        # Pooling is the PAC convolution with one all-ones filter shared by the channels.
+        ones = jnp.ones((*self.kernel_size, 1, 1), jnp.result_type(x))
+        return ops.fused_pac_conv2d(x, guide, ones, shared_filters=True,
+                                    normalize=self.normalize_kernel, mask=mask,
+                                    **self._geometry(), **self._kernel_options())
 
-    def _pac(self, x, guide):
-        # Kernel and product in one place: the switch point to a fused op.
-        kernel, _ = self.compute_kernel(guide)
-        return self._apply(x, kernel)
-
-    def _apply(self, x, kernel):
-        return ops.pac_pool2d(x, kernel, kernel_size=self.kernel_size, stride=self.stride,
-                              padding=self.padding, dilation=self.dilation, impl=self._two_step_impl())
+    def _product(self, x, *, kernel):
+        return ops.pac_pool2d(x, kernel, kernel_size=self.kernel_size,
+                              impl=self._product_impl(), **self._geometry())
 
 
 class _NormalizedBase(_PacBase):
     """Weights of the PPAC layers: ``weight``, ``weight_normalization`` (log-weights), ``bias``."""
 
     def __init__(self, in_channels, out_channels, kernel_size, padding, bias, kernel_type,
-                 shared_filters, rngs, param_dtype):
-        self.in_channels = _check_channels(in_channels, "in_channels")
-        self.out_channels = _check_channels(out_channels, "out_channels")
-        if shared_filters and in_channels != out_channels:
-            raise ValueError(f"shared_filters=True needs in_channels == out_channels, got "
-                             f"{in_channels} and {out_channels}")
+                 shared_filters, rngs, param_dtype, impl):
+        self.in_channels, self.out_channels = _check_in_out(in_channels, out_channels,
+                                                            shared_filters)
         super().__init__(kernel_size, 1, padding, 1, 0, False, kernel_type, "none", False,
-                         False, 0, param_dtype)
+                         False, 0, param_dtype, impl)
         self.shared_filters = bool(shared_filters)
         rng = _numpy_rng(rngs)
         kh, kw = self.kernel_size
@@ -403,8 +415,12 @@ class _NormalizedBase(_PacBase):
         else:
             self.bias = None
 
-    def _bias(self):
-        return None if self.bias is None else self.bias[...]
+    def _weights(self):
+        return (self.weight[...], self.weight_normalization[...],
+                None if self.bias is None else self.bias[...])
+
+    def _options(self):
+        return dict(padding=self.padding, shared_filters=self.shared_filters)
 
 
 class ProbPacConv2d(_NormalizedBase):
@@ -417,7 +433,7 @@ class ProbPacConv2d(_NormalizedBase):
       in_channels, out_channels, kernel_size, padding, bias: as :class:`PacConv2d`.
       kernel_type: ``"gaussian"`` or ``"inv_..."``.
       shared_filters: ``weight`` and ``weight_normalization`` are ``[kh, kw, 1, 1]``.
-      rngs, param_dtype, impl: as :class:`PacConv2d`.
+      rngs, param_dtype, impl: as :class:`PacConv2d` (guided calls: ``ops.fused_prob_pac_conv2d``).
 
     Initialisation: ``W = |U(-s, s)|``, ``W_norm = log W``, bias ``U(-s, s)``,
     ``s = 1 / sqrt(Cin kh kw)``.
@@ -430,39 +446,27 @@ class ProbPacConv2d(_NormalizedBase):
                  kernel_type="gaussian", shared_filters=False, *,
                  rngs: Optional[nnx.Rngs] = None, param_dtype=jnp.float32, impl="auto"):
         super().__init__(in_channels, out_channels, kernel_size, padding, bias, kernel_type,
-                         shared_filters, rngs, param_dtype)
-        self.impl = impl
+                         shared_filters, rngs, param_dtype, impl)
 
     def __call__(self, x, confidence, guide=None, *, kernel=None):
-        if kernel is not None:
-            if guide is not None:
-                raise ValueError("pass either guide or a precomputed kernel, not both")
-            return self._apply(x, confidence, kernel)
-        if guide is None:
-            raise ValueError("guide is required when no precomputed kernel is given")
-        return self._pac(x, confidence, guide)
+        return self._run((x, confidence), guide, kernel, None)
 
-    def _pac(self, x, confidence, guide):
-        if self._use_fused():
-            return ops.fused_prob_pac_conv2d(
-                x, confidence, guide, self.weight[...], self.weight_normalization[...],
-                self._bias(), padding=self.padding, shared_filters=self.shared_filters,
-                **self._fused_options())
-        kernel, _ = self.compute_kernel(guide)
-        return self._apply(x, confidence, kernel)
+    def _guided(self, x, confidence, *, guide, mask):
+        return ops.fused_prob_pac_conv2d(x, confidence, guide, *self._weights(),
+                                         **self._options(), **self._kernel_options())
 
-    def _apply(self, x, confidence, kernel):
-        return ops.prob_pac_conv2d(x, confidence, kernel, self.weight[...],
-                                   self.weight_normalization[...], self._bias(),
-                                   padding=self.padding, shared_filters=self.shared_filters,
-                                   impl=self._two_step_impl())
+    def _product(self, x, confidence, *, kernel):
+        return ops.prob_pac_conv2d(x, confidence, kernel, *self._weights(), **self._options(),
+                                   impl=self._product_impl())
 
 
 class NormalizedPacConv2d(_NormalizedBase):
     """Normalised PAC layer (``probabilistic_pac.NormalizedPacConv2d``).
 
     ``y = pac(x, K, W) / max(sum_t K_t exp(W_norm)_t, 1e-20) + bias``; out-of-image taps count
-    in the denominator (as in the original). Arguments as :class:`ProbPacConv2d`.
+    in the denominator (as in the original). Arguments as :class:`ProbPacConv2d`; ops has no
+    guided form of this product yet, so a guide's kernel is computed with ``ops.pac_kernel``
+    first and ``impl`` applies to guided calls too.
 
     Call: ``layer(x [B,H,W,Cin], guide [B,H,W,D])`` -> ``[B,Ho,Wo,Cout]``, or
     ``layer(x, kernel=K)``.
@@ -472,22 +476,14 @@ class NormalizedPacConv2d(_NormalizedBase):
                  kernel_type="gaussian", shared_filters=False, *,
                  rngs: Optional[nnx.Rngs] = None, param_dtype=jnp.float32, impl="auto"):
         super().__init__(in_channels, out_channels, kernel_size, padding, bias, kernel_type,
-                         shared_filters, rngs, param_dtype)
-        self.impl = impl
+                         shared_filters, rngs, param_dtype, impl)
 
     def __call__(self, x, guide=None, *, kernel=None):
-        return self._dispatch(x, guide, kernel, None)
+        return self._run((x,), guide, kernel, None)
 
-    def _pac(self, x, guide):
-        # Kernel and product in one place: the switch point to a fused op.
-        kernel, _ = self.compute_kernel(guide)
-        return self._apply(x, kernel)
-
-    def _apply(self, x, kernel):
-        return ops.normalized_pac_conv2d(x, kernel, self.weight[...],
-                                         self.weight_normalization[...], self._bias(),
-                                         padding=self.padding,
-                                         shared_filters=self.shared_filters, impl=self._two_step_impl())
+    def _product(self, x, *, kernel):
+        return ops.normalized_pac_conv2d(x, kernel, *self._weights(), **self._options(),
+                                         impl=self._product_impl())
 
 
 class Conv2d(nnx.Module):

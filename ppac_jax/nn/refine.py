@@ -116,7 +116,8 @@ class PPacNet(_RefineBase):
         ``weight_normalization`` its log, bias 0; all frozen (:class:`Buffer`).
       bias_zero_init: joint biases start at 0.
       rngs: default ``nnx.Rngs(0)``. param_dtype: parameter dtype.
-      impl: windowed-product implementation of the PAC layers (see :mod:`ppac_jax.ops`).
+      impl: of the PAC layers (see :class:`~ppac_jax.nn.PacConv2d`): ``"auto"`` / ``"loop"``
+        the guided engine (``ops.fused_*``), ``"patches"`` the plain-autodiff reference.
 
     Call: ``net(estimates [B,H,W,Cj], log_probabilities [B,H,W,Cp], images [B,H,W,3])`` ->
     ``[B,H,W,Cj_last]``.

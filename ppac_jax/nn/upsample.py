@@ -27,6 +27,7 @@ from flax import nnx
 
 from ppac_jax import ops
 from ppac_jax.nn.layers import Conv2d, PacConvTranspose2d, ReLU
+from ppac_jax.nn.norm import BatchNorm2d
 
 IntOrSeq = Union[int, Sequence[int]]
 
@@ -94,19 +95,25 @@ def _widths(value: IntOrSeq, n: int, name: str):
 
 
 class _ConvBranch(nnx.Module):
-    """Convs ``conv1..convN`` ('same' padding), ReLU between (the original's named Sequential)."""
+    """Convs ``conv1..convN`` ('same' padding), each followed by ``bn{l}`` when ``bn``, ReLU
+    between (the original's named Sequential)."""
 
-    def __init__(self, channels, kernel_size, relu_last, rngs, param_dtype):
+    def __init__(self, channels, kernel_size, relu_last, rngs, param_dtype, bn=False):
         self.n = len(channels) - 1
         self.relu_last = relu_last
+        self.bn = bool(bn)
         for i in range(1, len(channels)):
             setattr(self, f"conv{i}", Conv2d(channels[i - 1], channels[i], kernel_size,
                                              padding=kernel_size // 2, rngs=rngs,
                                              param_dtype=param_dtype))
+            if self.bn:
+                setattr(self, f"bn{i}", BatchNorm2d(channels[i], param_dtype=param_dtype))
 
     def __call__(self, x):
         for i in range(1, self.n + 1):
             x = getattr(self, f"conv{i}")(x)
+            if self.bn:
+                x = getattr(self, f"bn{i}")(x)
             if i < self.n or self.relu_last:
                 x = jax.nn.relu(x)
         return x
@@ -131,8 +138,14 @@ class PacJointUpsample(nnx.Module):
         ``n_t_layers``, ``n_g_layers - 1`` and ``n_f_layers + log2(factor) - 1``.
       k_ch: guidance channels per upsampling stage.
       f_sz_1: (odd) kernel size of the convs; f_sz_2: (odd) kernel size of the PAC stages.
-      t_bn, g_bn, u_bn, f_bn: batch normalisation after the convs of a branch; not
-        supported (``ValueError`` when true; the original's defaults are false).
+      t_bn, g_bn, u_bn, f_bn: batch normalisation (:class:`~ppac_jax.nn.BatchNorm2d`,
+        PyTorch's defaults) after every conv of the target / guidance branch
+        (``branch_t.bn{l}``, ``branch_g.bn{l}``), after every upsampling stage before its ReLU
+        (``up_bns.{i}``) and after every conv of the final branch (``branch_f.bn{l}``), also
+        after the last conv of a branch, as the original. Off by default. A model with
+        BN starts in training mode (batch statistics, running statistics updated);
+        ``model.eval()`` switches to the running statistics. The target-side BNs see the
+        channel-folded batch (``B * Ct`` images for a ``Ct``-channel target, SPEC_wave2 1.1).
       rngs: initialisation (default ``nnx.Rngs(0)``): PyTorch's default for the convs, the
         ``uniform`` filler for the PAC stages.
       param_dtype: parameter dtype (float64 weights make the model compute in float64).
@@ -154,9 +167,6 @@ class PacJointUpsample(nnx.Module):
                              f"{n_g_layers}, {n_f_layers}, {n_t_layers}")
         if f_sz_1 % 2 != 1 or f_sz_2 % 2 != 1:
             raise ValueError(f"f_sz_1 and f_sz_2 must be odd, got {f_sz_1} and {f_sz_2}")
-        if any((t_bn, g_bn, u_bn, f_bn)):
-            raise ValueError("batch normalisation (t_bn, g_bn, u_bn, f_bn) is not supported in "
-                             "ppac-jax; the original's defaults (False) are")
         rngs = nnx.Rngs(0) if rngs is None else rngs
         self.factor = int(factor)
         self.channels = int(channels)
@@ -165,15 +175,17 @@ class PacJointUpsample(nnx.Module):
         t = (channels,) + _widths(n_t_filters, n_t_layers, "n_t_filters")
         g = (guide_channels,) + _widths(n_g_filters, n_g_layers - 1, "n_g_filters") + (k_ch * u,)
         fc = (t[-1],) + _widths(n_f_filters, n_f_layers + u - 1, "n_f_filters") + (channels,)
-        self.branch_t = _ConvBranch(t, f_sz_1, False, rngs, param_dtype)
-        self.branch_g = _ConvBranch(g, f_sz_1, False, rngs, param_dtype)
+        self.branch_t = _ConvBranch(t, f_sz_1, False, rngs, param_dtype, t_bn)
+        self.branch_g = _ConvBranch(g, f_sz_1, False, rngs, param_dtype, g_bn)
         self.up_convts = nnx.List([
             PacConvTranspose2d(fc[i], fc[i + 1], f_sz_2, stride=2, padding=(f_sz_2 - 1) // 2,
                                output_padding=f_sz_2 % 2, bias=True, kernel_type="gaussian",
                                normalize_kernel=False, shared_filters=False, filler="uniform",
                                rngs=rngs, param_dtype=param_dtype, impl=impl)
             for i in range(u)])
-        self.branch_f = _ConvBranch(fc[u:], f_sz_1, False, rngs, param_dtype)
+        self.up_bns = nnx.List([BatchNorm2d(fc[i + 1], param_dtype=param_dtype)
+                                for i in range(u)] if u_bn else [])
+        self.branch_f = _ConvBranch(fc[u:], f_sz_1, False, rngs, param_dtype, f_bn)
 
     def __call__(self, target_low, guide):
         _check_inputs(target_low, guide, self.factor, self.channels)
@@ -184,7 +196,10 @@ class PacJointUpsample(nnx.Module):
         for i, layer in enumerate(self.up_convts):
             size = (h * 2 ** (i + 1), w * 2 ** (i + 1))
             gi = ops.resize_bilinear(g[..., i * self.k_ch:(i + 1) * self.k_ch], size)
-            x = jax.nn.relu(layer(x, _repeat(gi, reps)))
+            x = layer(x, _repeat(gi, reps))
+            if len(self.up_bns):
+                x = self.up_bns[i](x)
+            x = jax.nn.relu(x)
         return _unfold(self.branch_f(x), reps)
 
 

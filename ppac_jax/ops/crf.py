@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ppac_jax.ops import autodiff
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops.kernel import compute_dtype, pac_kernel
 from ppac_jax.ops.precision import matmul_precision
@@ -137,7 +138,7 @@ def position_features(shape, scales=None, *, batch: int = 1):
     return jnp.broadcast_to(pos, (int(batch), height, width, 2))
 
 
-def yxrgb_features(image, yx_scale=None, rgb_scale=None, *, scales=None):
+def yxrgb_features(image, *, yx_scale=None, rgb_scale=None, scales=None):
     """``[y/sy, x/sx, r/sr, g/sg, b/sb]`` edge features (the original ``create_YXRGB``).
 
     Args:
@@ -404,7 +405,7 @@ def _weight_rows(weight, dense):
     return weight.reshape(k, k * weight.shape[2], -1) if dense else weight.reshape(k, k)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+@functools.partial(autodiff.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _window_message(q, kernel, weight, dilation, dense, tiling):
     """``y[o] = sum_t K[o, t] * q_pad[o + d t] @ W[t]`` ("same" zero padding), in row bands.
 
@@ -573,7 +574,7 @@ def mean_field(unary, kernels, terms: Sequence[PairwiseTerm], params, unary_weig
     return out
 
 
-def crf_output(log_q, final_output: str = "log_Q"):
+def crf_output(log_q, *, final_output: str = "log_Q"):
     """``log_Q`` (unchanged), ``softmax`` or ``log_softmax`` over the label axis."""
     if final_output == "log_Q":
         return log_q
@@ -615,7 +616,7 @@ def pac_crf(unary, edge_features, terms: Sequence[PairwiseTerm], params, unary_w
             else [None] * len(terms)
     log_q = mean_field(unary, edge_kernels, terms, params, unary_weight, num_steps=num_steps,
                        log_q=log_q, untied=untied)
-    return crf_output(log_q, final_output)
+    return crf_output(log_q, final_output=final_output)
 
 
 def _check_inputs(unary, kernels, terms, params, untied, num_steps):

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ppac_jax.ops import autodiff
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops.precision import matmul_precision
 from ppac_jax.ops.tiling import choose_tiling
@@ -416,7 +417,7 @@ def _strips(plan: _KernelPlan):
     return plan.window.strip_count(plan.rows), plan.window.halo
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+@functools.partial(autodiff.custom_vjp, nondiff_argnums=(3,))
 def _kernel_taps(phases, centre, params, plan: _KernelPlan):
     """Tap-major kernel ``[T, B, Ho, Wo]`` from guide phases ``[sh, sw, D, B, Hq, Wq]`` and the
     planar window centres ``[D, B, Ho, Wo]``."""

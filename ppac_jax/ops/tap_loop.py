@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ppac_jax.ops import autodiff
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops.kernel import KernelSpec
 from ppac_jax.ops.precision import matmul_precision
@@ -369,7 +370,7 @@ def _over_taps(step, plan: Plan, carry):
     return carry, zero
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+@functools.partial(autodiff.custom_vjp, nondiff_argnums=(6,))
 def _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
     if not plan.rows:
         x_ph, ksrc, v_ph = _padded_sources(x_ph, ksrc, v_ph, plan)

@@ -87,7 +87,8 @@ def restore_params(trainer, path: str, *, log=print) -> str:
             which = "best" if sub == "best" else "latest"
             state = ck.restore(trainer.state, best=which == "best")
             ck.close()
-            trainer.state = dict(trainer.state, params=state["params"])
+            trainer.state = dict(trainer.state, params=state["params"],
+                                 batch_stats=state["batch_stats"])
             log(f"loaded {which} ppac-jax checkpoint from {path}")
             return which
     raise FileNotFoundError(f"--pretrained {path}: neither an original weights file nor a "

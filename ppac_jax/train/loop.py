@@ -21,9 +21,10 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from ppac_jax.nn.norm import BatchStat
 from ppac_jax.train.checkpoint import Checkpointer
 from ppac_jax.train.state import (OptimConfig, check_batch_size, make_mesh, make_optimizer,
-                                  replicated, shard_batch, split_model)
+                                  replicated, shard_batch)
 from ppac_jax.train.writer import MetricWriter
 
 __all__ = ["TrainConfig", "Task", "Trainer", "train_and_evaluate"]
@@ -85,7 +86,15 @@ class _StopFlag:
 
 
 class Trainer:
-    """Holds the mesh, the model split into (graphdef, state) and the jitted functions."""
+    """Holds the mesh, the model split into (graphdef, state) and the jitted functions.
+
+    ``state`` holds ``params`` (the ``nnx.Param`` leaves, optimised), ``batch_stats`` (the
+    :class:`ppac_jax.nn.BatchStat` buffers, i.e. BatchNorm running statistics: each training
+    step returns the values its forward pass wrote, so they carry over to the next step and
+    into the checkpoints), ``opt_state`` and ``step``; every other variable (fixed buffers,
+    RNG state) is ``rest``, constant. ``train_step`` runs the model in the mode the task built
+    it in; ``predict`` in evaluation mode (``model.eval()``: running statistics, no dropout).
+    """
 
     def __init__(self, task: Task, config: TrainConfig, *, mesh=None):
         self.task = task
@@ -93,10 +102,18 @@ class Trainer:
         self.mesh = make_mesh() if mesh is None else mesh
         check_batch_size(config.batch_size, self.mesh)
         model = task.init_model()
-        self.graphdef, params, self.rest = split_model(model)
+        self.graphdef, params, batch_stats, self.rest = nnx.split(model, nnx.Param, BatchStat,
+                                                                  ...)
+        # Predictions run the model in evaluation mode (BatchNorm on its running statistics,
+        # no dropout); training runs it in the mode the task built it in.
+        evaluation = nnx.clone(model)
+        evaluation.eval()
+        self.eval_graphdef = nnx.graphdef(evaluation)
         custom = getattr(task, "make_optimizer", None)
         self.tx = custom(params) if custom is not None else make_optimizer(config.optim, params)
-        state = {"params": params, "opt_state": self.tx.init(params),
+        # batch_stats (BatchNorm running statistics, updated by every training step and saved
+        # with the checkpoints) is an empty State without leaves for models without BatchNorm.
+        state = {"params": params, "batch_stats": batch_stats, "opt_state": self.tx.init(params),
                  "step": jnp.zeros((), jnp.int32)}
         rep = replicated(self.mesh)
         self.state = jax.device_put(state, rep)
@@ -105,8 +122,9 @@ class Trainer:
         self._predict = jax.jit(self._predict_fn, out_shardings=rep)
 
     def model(self, params=None) -> nnx.Module:
+        """The trained model (training mode; ``.eval()`` it for predictions)."""
         return nnx.merge(self.graphdef, self.state["params"] if params is None else params,
-                         self.rest)
+                         self.state["batch_stats"], self.rest)
 
     def set_params(self, params, *, mismatch: str) -> None:
         """Replace the trainable parameters (e.g. weights read from an original checkpoint).
@@ -123,19 +141,22 @@ class Trainer:
 
     def _step(self, state, rest, batch):
         def loss_fn(params):
-            model = nnx.merge(self.graphdef, params, rest)
-            return self.task.loss(model, batch)
+            model = nnx.merge(self.graphdef, params, state["batch_stats"], rest, copy=True)
+            loss, aux = self.task.loss(model, batch)
+            return loss, (aux, nnx.state(model, BatchStat))
 
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"])
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         params = jax.tree_util.tree_map(lambda p, u: p + u, state["params"], updates)
         grad_norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree_util.tree_leaves(grads)))
         metrics = {"loss": loss, "grad_norm": grad_norm, **aux,
                    "skipped": (~jnp.isfinite(grad_norm)).astype(jnp.float32)}
-        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+        return {"params": params, "batch_stats": batch_stats, "opt_state": opt_state,
+                "step": state["step"] + 1}, metrics
 
-    def _predict_fn(self, params, rest, batch):
-        return self.task.predict(nnx.merge(self.graphdef, params, rest), batch)
+    def _predict_fn(self, params, batch_stats, rest, batch):
+        return self.task.predict(nnx.merge(self.eval_graphdef, params, batch_stats, rest), batch)
 
     def train_step(self, batch: dict) -> dict:
         """One optimiser step on a global numpy batch; returns metrics (device arrays)."""
@@ -150,7 +171,8 @@ class Trainer:
         pad = (-n) % k
         if pad:
             batch = {key: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for key, v in batch.items()}
-        out = self._predict(self.state["params"], self.rest, shard_batch(batch, self.mesh))
+        out = self._predict(self.state["params"], self.state["batch_stats"], self.rest,
+                            shard_batch(batch, self.mesh))
         return jax.tree_util.tree_map(lambda x: np.asarray(x)[:n], out)
 
     @property

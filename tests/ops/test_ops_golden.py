@@ -145,7 +145,7 @@ def _op_case(g, impl):
 
 def _op_golden_params():
     """Every op golden file with ``patches``; ``loop`` on the 3x3 files of every op and option,
-    which covers its code paths (tests/test_impls.py checks it against ``patches`` on more
+    which covers its code paths (tests/ops/test_impls.py checks it against ``patches`` on more
     shapes, the fused tests on every file)."""
     names = (G.params_or_skip("pacconv2d_*_f64.npz")
              + G.params_or_skip("pacconv_transpose2d_*_f64.npz")

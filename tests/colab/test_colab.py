@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.golden import shared_dir
+from tests.golden import REPO, shared_dir
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = REPO
 NOTEBOOKS = sorted((ROOT / "colab").glob("*.py"))
 SHOW = re.compile(r"""\bshow\(\s*\w+\s*,\s*["']([\w.-]+)["']""")
 

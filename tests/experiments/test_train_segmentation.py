@@ -14,9 +14,10 @@ import pytest
 
 from experiments.train_segmentation import main as train_segmentation
 from ppac_jax import convert
-from tests.test_segmentation import voc_folder
+from tests import golden
+from tests.data.test_segmentation import voc_folder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(golden.REPO)
 TOL = 1e-5
 SMOKE = ["--smoke", "--no_progress"]
 

@@ -8,8 +8,9 @@ import sys
 import pytest
 
 from experiments.train_flow import main as train_flow
+from tests import golden
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(golden.REPO)
 
 
 def _run(args):

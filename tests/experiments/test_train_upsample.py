@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from experiments.train_upsample import main as train_upsample
-from tests.test_train_distributed import _assert_same, _env
+from tests import golden
+from tests.train.test_train_distributed import _assert_same, _env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(golden.REPO)
 STEPS = 4
 
 

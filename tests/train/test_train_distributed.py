@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from ppac_jax.data.datasets import synthetic_flow_dataset
+from tests import golden
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(golden.REPO)
 STEPS = 4
 TOL = 1e-5
 

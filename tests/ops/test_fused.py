@@ -13,7 +13,7 @@ from ppac_jax.ops import fused as fused_mod
 from ppac_jax.ops import pac as pac_mod
 from ppac_jax.ops.tiling import Tiling
 from tests import golden as G
-from tests.test_ops_golden import _check_case, _kernel_options
+from tests.ops.test_ops_golden import _check_case, _kernel_options
 
 RTOL = 1e-9
 

@@ -5,7 +5,6 @@ and benchmarks names its encoding (never the locale's).
 """
 
 import ast
-import pathlib
 
 import numpy as np
 import pytest
@@ -13,8 +12,9 @@ from PIL import Image
 
 from ppac_jax.data import io
 from ppac_jax.data.datasets import list_flow_dataset
+from tests.golden import REPO
 
-_REPO = pathlib.Path(__file__).resolve().parents[1]
+_REPO = REPO
 
 
 def _write_dataset(root, *, bom, newline, n=2, h=6, w=7):

@@ -17,8 +17,9 @@ from flax import nnx
 from ppac_jax import losses
 from ppac_jax.train.aaf import (TABLES_KEY, AAFTables, aaf_param_labels, draw_size_weights,
                                 segmenter_loss, size_weight_record)
+from tests import golden
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(golden.REPO)
 KW = dict(num_classes=3, step=5, num_steps=50)
 
 

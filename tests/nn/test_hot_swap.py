@@ -140,3 +140,38 @@ def test_reproduces_fcn8spac():
     convert.load_torch_weights(plain, sd)
     plain.eval()
     assert np.abs(np.asarray(_apply(plain, x)) - a).max() > 0   # the PAC layers do adapt
+
+
+def test_guide_set_inside_jit_does_not_leak_into_eager_calls(cnn):
+    """issue 15: a guide set inside a jitted call is a tracer that dies with it; an eager call
+    without a new guide gets one clear ValueError (not JAX's leaked-tracer error) and the dead
+    tracer is dropped; a concrete guide set outside works in eager and jitted calls."""
+    model = nn.hot_swap(cnn, ["body.0"])
+    x, guide = _x(), _x((2, 12, 14, 2), seed=1)
+    jitted = np.asarray(_apply_guided(model, x, guide))
+    channel = nn.hot_swap.__globals__["_find_channel"](model)
+    assert isinstance(channel._value, jax.core.Tracer)      # what the jitted call left behind
+    with pytest.raises(ValueError, match="guide must be set before the call"):
+        model(x)
+    assert channel._value is None
+    nn.set_guide(model, guide)                               # concrete: usable under jit
+    np.testing.assert_allclose(np.asarray(_apply(model, x)), jitted, rtol=1e-12, atol=1e-12)
+
+
+def test_guide_set_in_an_outer_trace_is_readable_in_an_inner_one(cnn):
+    """A tracer of a live trace is not stale: set inside jit, read under a nested jax.vjp."""
+    model = nn.hot_swap(cnn, ["body.0"])
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    x, guide = _x(), _x((2, 12, 14, 2), seed=1)
+
+    @jax.jit
+    def grad_x(params, rest, x, guide):
+        m = nnx.merge(graphdef, params, rest)
+        nn.set_guide(m, guide * 2.0)
+        y, pullback = jax.vjp(lambda x: m(x), x)
+        return y, pullback(jnp.ones_like(y))[0]
+
+    y, g = grad_x(params, rest, x, guide)
+    nn.set_guide(model, guide * 2.0)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(model(x)), rtol=1e-12, atol=1e-12)
+    assert np.all(np.isfinite(np.asarray(g))) and float(jnp.abs(g).max()) > 0

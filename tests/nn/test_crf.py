@@ -46,7 +46,7 @@ def _edge_inputs(g):
     if "in_image" in g:  # ConvCRF-like: [YXRGB(image), positions]
         def edge(leaves):
             img = leaves["in_image"]
-            return [ops.yxrgb_features(img, 80.0, 13.0),
+            return [ops.yxrgb_features(img, yx_scale=80.0, rgb_scale=13.0),
                     ops.position_features(img.shape[1:3], 3.0, batch=img.shape[0])]
         return {"in_image": G.nchw(g["in_image"])}, edge
     if "in_edge_feat" in g:

@@ -12,7 +12,7 @@ from ppac_jax import ops
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops import tap_loop
 from tests import golden as G
-from tests.test_ops_golden import _check_case, _op_case
+from tests.ops.test_ops_golden import _check_case, _op_case
 
 IMPLS = ("patches", "loop", "auto")
 

@@ -1,0 +1,93 @@
+"""A custom VJP that also supports forward mode.
+
+``jax.custom_vjp`` functions cannot be differentiated forward (``jax.jvp``, ``jax.jacfwd``,
+``jax.hessian`` raise). The hand-written backward passes of the ops' loops exist only for
+reverse-mode memory (they recompute every per-tap quantity instead of storing ``kh * kw``
+copies), so forward mode can simply differentiate the plain forward loop: JAX carries tangents
+through ``lax.fori_loop`` without storing anything per step. :func:`custom_vjp` gives both, as
+one JAX "hi" primitive (``jax.experimental.hijax.VJPHiPrimitive``): reverse mode runs the given
+``fwd`` / ``bwd`` exactly as ``jax.custom_vjp`` would, forward mode runs ``jax.jvp`` of the
+undecorated function, ``vmap`` maps the whole call, and ``jit`` lowers the undecorated function.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import jax
+from jax.experimental.hijax import ShapedArray, VJPHiPrimitive, Zero, instantiate_zeros
+
+
+def _aval(x):
+    return ShapedArray(x.shape, x.dtype, weak_type=getattr(x, "weak_type", False))
+
+
+class custom_vjp:  # noqa: N801 - named like the jax.custom_vjp it stands in for
+    """``jax.custom_vjp`` with the same decorator surface (``nondiff_argnums``, ``defvjp``) whose
+    functions also support ``jax.jvp`` / ``jacfwd`` / ``hessian``.
+
+    ``fwd(*args) -> (out, residuals)`` and ``bwd(*nondiff_args, residuals, cotangent) ->
+    gradients of the other arguments`` as for ``jax.custom_vjp``. Non-differentiable arguments
+    must be hashable (they become the primitive's parameters); the others are pytrees of arrays
+    (``None`` allowed).
+    """
+
+    def __init__(self, fun: Callable, nondiff_argnums: Sequence[int] = ()):
+        self.fun = fun
+        self.nondiff_argnums = tuple(sorted(nondiff_argnums))
+        self.fwd = self.bwd = None
+        functools.update_wrapper(self, fun)
+
+    def defvjp(self, fwd: Callable, bwd: Callable) -> None:
+        self.fwd, self.bwd = fwd, bwd
+
+    def _merge(self, static, dynamic):
+        args, s, d = [], iter(static), iter(dynamic)
+        for i in range(len(static) + len(dynamic)):
+            args.append(next(s) if i in self.nondiff_argnums else next(d))
+        return args
+
+    def __call__(self, *args):
+        static = tuple(args[i] for i in self.nondiff_argnums)
+        dynamic = tuple(a for i, a in enumerate(args) if i not in self.nondiff_argnums)
+        leaves, tree = jax.tree_util.tree_flatten(dynamic)
+        in_avals = jax.tree_util.tree_unflatten(tree, [jax.typeof(x) for x in leaves])
+        out_aval = self._out_aval(static, tree, tuple(jax.tree_util.tree_leaves(in_avals)))
+        return _Call(self, static, in_avals, out_aval)(*dynamic)
+
+    @functools.lru_cache(maxsize=256)
+    def _out_aval(self, static, tree, leaf_avals):
+        dynamic = jax.tree_util.tree_unflatten(
+            tree, [jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type)
+                   for a in leaf_avals])
+        out = jax.eval_shape(lambda *d: self.fun(*self._merge(static, d)), *dynamic)
+        return jax.tree_util.tree_map(_aval, out)
+
+
+class _Call(VJPHiPrimitive):
+    def __init__(self, rule: custom_vjp, static: tuple, in_avals, out_aval):
+        self.in_avals = in_avals
+        self.out_aval = out_aval
+        self.params = dict(rule=rule, static=static)
+        super().__init__()
+
+    def _plain(self, *dynamic):
+        return self.rule.fun(*self.rule._merge(self.static, dynamic))
+
+    def expand(self, *dynamic):
+        return self._plain(*dynamic)
+
+    def vjp_fwd(self, nzs_in, *dynamic):
+        return self.rule.fwd(*self.rule._merge(self.static, dynamic))
+
+    def vjp_bwd_retval(self, residuals, cotangent):
+        return tuple(self.rule.bwd(*self.static, residuals, cotangent))
+
+    def jvp(self, primals, tangents):
+        tangents = jax.tree_util.tree_map(instantiate_zeros, tangents,
+                                          is_leaf=lambda t: isinstance(t, Zero))
+        return jax.jvp(self._plain, primals, tangents)
+
+    def batch_dim_rule(self, axis_data, in_dims):
+        return jax.tree_util.tree_map(lambda _: 0, self.out_aval)
