@@ -119,7 +119,7 @@ def linear_weight(channels: int, kernel_size: IntOrPair, stride: IntOrPair,
     (e.g. 5, 2, 2, 1) the first output row and the first output column are 1.5x, and the
     top-left corner 2.25x, the bilinear value; the rows and columns from the last input
     sample on differ too. ``kernel_size = 2*stride - 1`` has no such border at the start. The
-    original's filler behaves the same (``tests/test_fillers.py`` pins these values).
+    original's filler behaves the same (``tests/nn/test_fillers.py`` pins these values).
 
     Raises:
       ValueError: unless ``kernel_size = 2*stride - 1 + 2n`` (n >= 0) per axis.

@@ -13,7 +13,7 @@ undecorated function, ``vmap`` maps the whole call, and ``jit`` lowers the undec
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 from jax.experimental.hijax import ShapedArray, VJPHiPrimitive, Zero, instantiate_zeros
@@ -23,7 +23,7 @@ def _aval(x):
     return ShapedArray(x.shape, x.dtype, weak_type=getattr(x, "weak_type", False))
 
 
-class custom_vjp:  # noqa: N801 - named like the jax.custom_vjp it stands in for
+class custom_vjp:  # named like the jax.custom_vjp it stands in for
     """``jax.custom_vjp`` with the same decorator surface (``nondiff_argnums``, ``defvjp``) whose
     functions also support ``jax.jvp`` / ``jacfwd`` / ``hessian``.
 
@@ -53,23 +53,24 @@ class custom_vjp:  # noqa: N801 - named like the jax.custom_vjp it stands in for
         dynamic = tuple(a for i, a in enumerate(args) if i not in self.nondiff_argnums)
         leaves, tree = jax.tree_util.tree_flatten(dynamic)
         in_avals = jax.tree_util.tree_unflatten(tree, [jax.typeof(x) for x in leaves])
-        out_aval = self._out_aval(static, tree, tuple(jax.tree_util.tree_leaves(in_avals)))
+        out_aval = _out_aval(self, static, tree, tuple(jax.tree_util.tree_leaves(in_avals)))
         return _Call(self, static, in_avals, out_aval)(*dynamic)
 
-    @functools.lru_cache(maxsize=256)
-    def _out_aval(self, static, tree, leaf_avals):
-        dynamic = jax.tree_util.tree_unflatten(
-            tree, [jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type)
-                   for a in leaf_avals])
-        out = jax.eval_shape(lambda *d: self.fun(*self._merge(static, d)), *dynamic)
-        return jax.tree_util.tree_map(_aval, out)
+
+@functools.lru_cache(maxsize=256)
+def _out_aval(rule: custom_vjp, static, tree, leaf_avals):
+    """Output avals of ``rule.fun`` (one abstract trace per signature)."""
+    dynamic = jax.tree_util.tree_unflatten(
+        tree, [jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type) for a in leaf_avals])
+    out = jax.eval_shape(lambda *d: rule.fun(*rule._merge(static, d)), *dynamic)
+    return jax.tree_util.tree_map(_aval, out)
 
 
 class _Call(VJPHiPrimitive):
     def __init__(self, rule: custom_vjp, static: tuple, in_avals, out_aval):
         self.in_avals = in_avals
         self.out_aval = out_aval
-        self.params = dict(rule=rule, static=static)
+        self.params = {"rule": rule, "static": static}
         super().__init__()
 
     def _plain(self, *dynamic):

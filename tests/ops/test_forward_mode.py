@@ -1,18 +1,14 @@
-"""Forward mode (``jax.jvp``, ``jax.hessian``) on the loop engines (ops.autodiff.custom_vjp).
-
-Every case runs at a size and option that takes a hand-written-backward loop (asserted: the
-jaxpr holds the engine's ``call_hi_primitive``) and compares with the ``patches`` / plain
-reference, whose forward mode is JAX's own. Reverse mode of the same paths is covered by the
-golden and impl tests; ``tests/test_memory.py`` checks their memory.
+"""Forward mode beyond ``tests/ops/test_api.py`` (which checks ``jax.jvp`` of every op and
+dtype): a Hessian (forward over reverse) through the guided engine, and ``jax.jvp`` through an
+NNX layer given a guide. Each case asserts the engine's ``call_hi_primitive`` is in the jaxpr
+(ops.autodiff.custom_vjp); the reference is the ``patches`` path, whose forward mode is JAX's own.
 """
 
-import functools
 import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
 from ppac_jax import nn, ops
@@ -41,86 +37,12 @@ def _fused(x, g, w):
     return ops.fused_pac_conv2d(x, g, w, padding=1)
 
 
-def _fused_transpose(x, g, w):
-    return ops.fused_pac_conv_transpose2d(x, g, w, stride=2, padding=1, output_padding=1)
-
-
-def _transpose_reference(x, g, w):
-    kernel, _ = ops.pac_kernel(g, 3, stride=2, padding=1, output_padding=1, transposed=True)
-    return ops.pac_conv_transpose2d(x, kernel, w, stride=2, padding=1, output_padding=1,
-                                    impl="patches")
-
-
-def _fused_prob(x, g, w):
-    c = jax.nn.sigmoid(x[..., :1])
-    return ops.fused_prob_pac_conv2d(x, c, g, w, jnp.zeros((3, 3, 3, 4), _F), padding=1)
-
-
-def _prob_reference(x, g, w):
-    c = jax.nn.sigmoid(x[..., :1])
-    kernel, _ = ops.pac_kernel(g, 3, padding=1)
-    return ops.prob_pac_conv2d(x, c, kernel, w, jnp.zeros((3, 3, 3, 4), _F), padding=1,
-                               impl="patches")
-
-
-CASES = {
-    # name: (engine function, reference function, x shape, guide shape, weight shape)
-    "pac_conv2d_loop": (_pac("loop"), _pac("patches"), (1, 9, 11, 3), (1, 9, 11, 2), (3, 3, 3, 4)),
-    "pac_conv2d_loop_shared": (_pac("loop", True), _pac("patches", True), (1, 9, 11, 3),
-                               (1, 9, 11, 2), (3, 3, 1, 1)),
-    "fused_pac_conv2d": (_fused, _pac("patches"), (1, 9, 11, 3), (1, 9, 11, 2), (3, 3, 3, 4)),
-    "fused_pac_conv_transpose2d": (_fused_transpose, _transpose_reference, (1, 5, 6, 3),
-                                   (1, 10, 12, 2), (3, 3, 3, 4)),
-    "fused_prob_pac_conv2d": (_fused_prob, _prob_reference, (1, 9, 11, 3), (1, 9, 11, 2),
-                              (3, 3, 3, 4)),
-}
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_jvp_of_engine_matches_reference(name):
-    fn, ref, xs, gs, ws = CASES[name]
-    primals = (_rand(name + "x", *xs), _rand(name + "g", *gs), _rand(name + "w", *ws))
-    tangents = tuple(_rand(name + "t" + str(i), *a.shape) for i, a in enumerate(primals))
-    assert _uses_engine(fn, *primals), f"{name}: the loop engine did not run"
-    assert not _uses_engine(ref, *primals)
-    out, tan = jax.jit(functools.partial(jax.jvp, fn))(primals, tangents)
-    out_ref, tan_ref = jax.jvp(ref, primals, tangents)
-    np.testing.assert_allclose(out, out_ref, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(tan, tan_ref, rtol=1e-9, atol=1e-12)
-
-
 def test_hessian_of_fused_op_matches_reference():
     x, g, w = _rand("hx", 1, 3, 4, 2), _rand("hg", 1, 3, 4, 2), _rand("hw", 3, 3, 2, 2)
     loss = lambda f: (lambda x: jnp.sum(jnp.sin(f(x, g, w))))
     assert _uses_engine(loss(_fused), x)
     np.testing.assert_allclose(jax.jit(jax.hessian(loss(_fused)))(x),
                                jax.hessian(loss(_pac("patches")))(x), rtol=1e-9, atol=1e-12)
-
-
-def test_jvp_of_planar_pac_kernel():
-    # 64 x 64 output pixels: pac_kernel takes its planar loop with a hand-written backward
-    g, t = _rand("kg", 1, 64, 64, 2), _rand("kt", 1, 64, 64, 2)
-    fn = jax.jit(lambda g: ops.pac_kernel(g, 3, padding=1, normalize=True)[0])
-    assert _uses_engine(fn, g)
-    ref = jax.jvp(lambda g: ops.pac_kernel(g[:, :32], 3, padding=1, normalize=True)[0],
-                  (g,), (t,))[1]
-    tan = jax.jvp(fn, (g,), (t,))[1]
-    # rows away from the cut agree with the small (sliced, plain-autodiff) kernel
-    np.testing.assert_allclose(tan[:, :31], ref[:, :31], rtol=1e-9, atol=1e-12)
-
-
-def test_jvp_of_crf_message():
-    term = ops.make_term(5, compat_type="4d")
-    q, k = _rand("cq", 1, 12, 13, 3), jnp.exp(_rand("ck", 1, 12, 13, 5, 5))
-    params = ops.TermParams(messenger=_rand("cw", 5, 5, 3, 3), weight=1.0)
-    fn = lambda q, k: ops.crf_message(q, k, term, params)
-    assert _uses_engine(fn, q, k)
-    ref = lambda q, k: ops.pac_conv2d(q, k, params.messenger, padding=2, impl="patches")
-    tangents = (_rand("ctq", *q.shape), _rand("ctk", *k.shape))
-    out, tan = jax.jvp(fn, (q, k), tangents)
-    out_ref, tan_ref = jax.jvp(ref, (q, k), tangents)
-    np.testing.assert_allclose(out, out_ref, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(tan, tan_ref, rtol=1e-9, atol=1e-12)
 
 
 def test_jvp_through_a_guided_layer():
