@@ -32,6 +32,7 @@ from ppac_jax.ops import autodiff
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops.kernel import compute_dtype, pac_kernel
 from ppac_jax.ops.precision import matmul_precision
+from ppac_jax.ops.tiling import choose_tiling
 
 COMPAT_TYPES = ("na", "4d", "2d", "potts")
 FINAL_OUTPUTS = ("log_Q", "softmax", "log_softmax")
@@ -59,7 +60,7 @@ class PairwiseTerm(NamedTuple):
 
     @property
     def padding(self) -> int:
-        return (self.kernel_size // 2) * self.dilation
+        return geo.same_padding(self.kernel_size, self.dilation)
 
     @property
     def has_edge_kernel(self) -> bool:
@@ -346,7 +347,7 @@ def crf_message(q, kernel, term: PairwiseTerm, params: TermParams):
 def _plain_conv(q, weight, *, dilation):
     """'same' convolution of ``q`` with an HWIO weight (the ``na`` messenger)."""
     k = weight.shape[0]
-    pad = (k // 2) * dilation
+    pad = geo.same_padding(k, dilation)
     dtype = jnp.result_type(q, weight)
     return lax.conv_general_dilated(q.astype(dtype), weight.astype(dtype), (1, 1),
                                     [(pad, pad), (pad, pad)], rhs_dilation=(dilation, dilation),
@@ -354,19 +355,17 @@ def _plain_conv(q, weight, *, dilation):
                                     precision=matmul_precision())
 
 
-def _pac_message(q, kernel, weight, *, dilation, shared_filters):
+def _pac_message(q, kernel, weight, *, dilation, shared_filters, tiling=None):
     """PAC of ``q`` with the edge kernel, "same" size: ``pac_conv2d(q, kernel, weight,
-    padding=(k // 2) * dilation, dilation=dilation, shared_filters=...)``."""
+    padding=(k // 2) * dilation, dilation=dilation, shared_filters=...)``, in row bands of
+    ``tiling.rows`` rows; ``tiling.group >= k * k`` unrolls the window rows (one GEMM)."""
     dtype = compute_dtype(q, kernel, weight)
+    if tiling is None:
+        tiling = choose_tiling("message", batch=q.shape[0], out_size=q.shape[1:3],
+                               kernel_size=weight.shape[:2])
     out = _window_message(q.astype(dtype), kernel.astype(dtype), weight.astype(dtype),
-                          dilation, not shared_filters)
+                          dilation, not shared_filters, tiling)
     return out.astype(jnp.result_type(q, kernel, weight))
-
-
-# Pixels per band: a band's tap matrix [pixels, k*k*C] stays in cache.
-_BAND_PIXELS = 1024
-# Tap rows are unrolled up to this kernel size (fast); larger kernels loop (fast to compile).
-_UNROLL_MAX_K = 7
 
 
 class _Bands(NamedTuple):
@@ -376,11 +375,11 @@ class _Bands(NamedTuple):
     pad: int      # "same" padding (k // 2) * d
 
 
-def _bands(q, k, dilation) -> _Bands:
-    batch, height, width, _ = q.shape
-    rows = min(height, max(1, _BAND_PIXELS // max(1, batch * width)))
+def _bands(q, k, dilation, rows) -> _Bands:
+    height = q.shape[1]
+    rows = min(rows or height, height)
     count = -(-height // rows)
-    return _Bands(rows, count, count * rows - height, (k // 2) * dilation)
+    return _Bands(rows, count, count * rows - height, geo.same_padding(k, dilation))
 
 
 def _pad_rows(x, extra):
@@ -406,8 +405,8 @@ def _weight_rows(weight, dense):
     return weight.reshape(k, k * weight.shape[2], -1) if dense else weight.reshape(k, k)
 
 
-@functools.partial(autodiff.custom_vjp, nondiff_argnums=(3, 4))
-def _window_message(q, kernel, weight, dilation, dense):
+@functools.partial(autodiff.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _window_message(q, kernel, weight, dilation, dense, tiling):
     """``y[o] = sum_t K[o, t] * q_pad[o + d t] @ W[t]`` ("same" zero padding), in row bands.
 
     ``dense``: ``W`` is ``[k, k, C, O]``; per band and tap row the taps ``[pixels, k*C]``
@@ -418,7 +417,7 @@ def _window_message(q, kernel, weight, dilation, dense):
     """
     batch, height, width, channels = q.shape
     k = weight.shape[0]
-    b = _bands(q, k, dilation)
+    b = _bands(q, k, dilation, tiling.rows)
     q_pad = geo.pad_spatial(q, [(b.pad, b.pad + b.extra), (b.pad, b.pad)])
     k_pad = _pad_rows(kernel, b.extra)
     w_rows = _weight_rows(weight, dense)
@@ -442,26 +441,27 @@ def _window_message(q, kernel, weight, dilation, dense):
                 acc = acc + q_t * (k_t * w_row[j])
             return acc
 
-        if dense and k <= _UNROLL_MAX_K:  # all taps in one GEMM [pixels, k*k*C] @ [k*k*C, O]
+        unroll = tiling.group >= k * k
+        if dense and unroll:  # all taps in one GEMM [pixels, k*k*C] @ [k*k*C, O]
             a = jnp.concatenate([q_t * k_t for i in range(k) for q_t, k_t in row_taps(i)],
                                 axis=-1)
             return jnp.dot(a, w_rows.reshape(k * k * channels, -1),
                            precision=matmul_precision())
         acc = jnp.zeros((batch, b.rows, width, out_channels), q.dtype)
-        return lax.fori_loop(0, k, row, acc, unroll=k <= _UNROLL_MAX_K)
+        return lax.fori_loop(0, k, row, acc, unroll=unroll)
 
     return _unband(lax.map(band, jnp.arange(b.count) * b.rows), height)
 
 
-def _window_message_fwd(q, kernel, weight, dilation, dense):
-    return _window_message(q, kernel, weight, dilation, dense), (q, kernel, weight)
+def _window_message_fwd(q, kernel, weight, dilation, dense, tiling):
+    return _window_message(q, kernel, weight, dilation, dense, tiling), (q, kernel, weight)
 
 
-def _window_message_bwd(dilation, dense, residuals, ct):
+def _window_message_bwd(dilation, dense, tiling, residuals, ct):
     q, kernel, weight = residuals
     batch, height, width, channels = q.shape
     k = weight.shape[0]
-    b = _bands(q, k, dilation)
+    b = _bands(q, k, dilation, tiling.rows)
     q_pad = geo.pad_spatial(q, [(b.pad, b.pad + b.extra), (b.pad, b.pad)])
     k_pad = _pad_rows(kernel, b.extra)
     ct_pad = _pad_rows(ct, b.extra)

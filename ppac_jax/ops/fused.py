@@ -16,9 +16,10 @@ from jax import lax
 
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops import tap_loop
-from ppac_jax.ops.kernel import KERNEL_TYPES, _check_inv_param, centre_features, compute_dtype
+from ppac_jax.ops.kernel import KernelSpec, centre_features, compute_dtype, kernel_spec
 from ppac_jax.ops.pac import _add_bias, _check_weight
 from ppac_jax.ops.precision import matmul_precision
+from ppac_jax.ops.tiling import choose_tiling
 from ppac_jax.ops.prob import _check_weight_norm, _divide, _summed_exp, check_confidence
 
 
@@ -47,20 +48,24 @@ def fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilati
     maximum over the window's valid taps): float32 gradients stay finite where the raw
     kernel's window sum underflows.
     """
+    return _fused_pac_conv2d(**locals())
+
+
+def _fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilation=1,
+                      shared_filters=False, kernel_type="gaussian", asym=False, inv_alpha=None,
+                      inv_lambda=None, smooth_kernel=None, normalize=False, mask=None,
+                      tiling=None):
     geo.check_rank(x, 4, "x", "B, H, W, Cin")
     geo.check_rank(guide, 4, "guide", "B, H, W, D")
     if guide.shape[:3] != x.shape[:3]:
         raise ValueError(f"guide must have x's batch and spatial size {x.shape[:3]}, "
                          f"got {guide.shape}")
     k = _check_weight(weight, x.shape[-1], shared_filters)
-    s, p, d, out_size = geo.conv_geometry(x.shape[1:3], k, stride, padding, dilation)
-    pads = [(p[0], p[0]), (p[1], p[1])]
-    sources = _Sources(
-        x_pad=geo.pad_spatial(x, pads), guide=guide, guide_pad=p, pad=lambda a: geo.pad_spatial(a, pads),
-        in_size=x.shape[1:3], stride=s, unpadded=(x, pads) if s == (1, 1) else None)
-    return _fused(sources, weight, bias, k, out_size, d, shared_filters,
-                  _kernel_options(kernel_type, asym, inv_alpha, inv_lambda, guide.shape[-1]),
-                  smooth_kernel, normalize, mask)
+    win = geo.window(x.shape[1:3], k, stride=stride, padding=padding, dilation=dilation)
+    return _fused(x, guide, win, weight, bias, shared_filters,
+                  *kernel_spec(kernel_type, asym=asym, inv_alpha=inv_alpha,
+                               inv_lambda=inv_lambda, depth=guide.shape[-1], normalize=normalize),
+                  smooth_kernel, mask, tiling)
 
 
 def fused_pac_conv_transpose2d(x, guide, weight, bias=None, *, stride=1, padding=0,
@@ -90,19 +95,15 @@ def fused_pac_conv_transpose2d(x, guide, weight, bias=None, *, stride=1, padding
     geo.check_rank(x, 4, "x", "B, h, w, Cin")
     geo.check_rank(guide, 4, "guide", "B, Ho, Wo, D")
     k = _check_weight(weight, x.shape[-1], shared_filters)
-    s, p, op, d, out_size = geo.transposed_geometry(x.shape[1:3], k, stride, padding,
-                                                    output_padding, dilation)
-    if guide.shape[:3] != (x.shape[0], *out_size):
+    win = geo.window(x.shape[1:3], k, stride=stride, padding=padding, dilation=dilation,
+                     output_padding=output_padding, transposed=True)
+    if guide.shape[:3] != (x.shape[0], *win.out_size):
         raise ValueError(f"guide must be [B, Ho, Wo, D] on the output grid "
-                         f"{(x.shape[0], *out_size)}, got {guide.shape}")
-    pads = [geo.transposed_pads(k[a], p[a], op[a], d[a]) for a in range(2)]
-    guide_pad = tuple((k[a] - 1) * d[a] // 2 for a in range(2))
-    sources = _Sources(
-        x_pad=geo.zero_insert_and_pad(x, s, pads), guide=guide, guide_pad=guide_pad,
-        pad=lambda a: geo.zero_insert_and_pad(a, s, pads), in_size=x.shape[1:3], stride=(1, 1))
-    return _fused(sources, weight, bias, k, out_size, d, shared_filters,
-                  _kernel_options(kernel_type, asym, inv_alpha, inv_lambda, guide.shape[-1]),
-                  smooth_kernel, normalize, mask)
+                         f"{(x.shape[0], *win.out_size)}, got {guide.shape}")
+    return _fused(x, guide, win, weight, bias, shared_filters,
+                  *kernel_spec(kernel_type, asym=asym, inv_alpha=inv_alpha,
+                               inv_lambda=inv_lambda, depth=guide.shape[-1], normalize=normalize),
+                  smooth_kernel, mask, None)
 
 
 def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, *, stride=1,
@@ -126,6 +127,13 @@ def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, 
     float32 gradients stay finite where the kernel's window sums underflow: the 1e-20 floor
     takes over there, and the ratio is differentiated as a ratio (no squared denominator).
     """
+    return _fused_prob_pac_conv2d(**locals())
+
+
+def _fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, *, stride=1,
+                           padding=0, dilation=1, shared_filters=False, kernel_type="gaussian",
+                           asym=False, inv_alpha=None, inv_lambda=None, smooth_kernel=None,
+                           tiling=None):
     check_confidence(x, confidence)
     _check_weight(weight, x.shape[-1], shared_filters)
     _check_weight_norm(weight, weight_norm)
@@ -137,7 +145,7 @@ def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, 
         w = jnp.concatenate([jnp.broadcast_to(weight, (*weight.shape[:2], 1, channels)),
                              norm_weight.astype(weight.dtype)], axis=-1)
         y = _fused_depthwise(stacked, guide, w, stride, padding, dilation, kernel_type, asym,
-                             inv_alpha, inv_lambda, smooth_kernel)
+                             inv_alpha, inv_lambda, smooth_kernel, tiling)
         numerator, denominator = y[..., :channels], y[..., channels:]
     else:
         out = weight.shape[-1]
@@ -145,10 +153,10 @@ def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, 
         bottom = jnp.concatenate([jnp.zeros((*weight.shape[:2], 1, out), weight.dtype),
                                   norm_weight.astype(weight.dtype)], -1)
         w = jnp.concatenate([top, bottom], axis=2)               # [kh, kw, C + 1, 2 O]
-        y = fused_pac_conv2d(stacked, guide, w, stride=stride, padding=padding,
-                             dilation=dilation, kernel_type=kernel_type, asym=asym,
-                             inv_alpha=inv_alpha, inv_lambda=inv_lambda,
-                             smooth_kernel=smooth_kernel)
+        y = _fused_pac_conv2d(stacked, guide, w, stride=stride, padding=padding,
+                              dilation=dilation, kernel_type=kernel_type, asym=asym,
+                              inv_alpha=inv_alpha, inv_lambda=inv_lambda,
+                              smooth_kernel=smooth_kernel, tiling=tiling)
         numerator, denominator = y[..., :out], y[..., out:]
     return _divide(numerator, denominator, bias)
 
@@ -156,83 +164,64 @@ def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, 
 # --------------------------------------------------------------------------------------------
 
 
-class _Sources:
-    """Padded input, guide and the padding rule of one fused op (conv or transposed)."""
-
-    def __init__(self, x_pad, guide, guide_pad, pad, in_size, stride, unpadded=None):
-        self.x_pad, self.guide, self.guide_pad = x_pad, guide, guide_pad
-        self.pad, self.in_size, self.stride = pad, tuple(in_size), stride
-        # (x, pads) when x and the guide share one zero padding (stride-1 convolution): the
-        # tap loop then pads inside its custom VJP (tap_loop.Plan.pads, leaner backward).
-        self.unpadded = unpadded
-
-
-def _kernel_options(kernel_type, asym, inv_alpha, inv_lambda, depth):
-    if kernel_type not in KERNEL_TYPES:
-        raise ValueError(f"kernel_type must be one of {KERNEL_TYPES}, got {kernel_type!r}")
-    params = ()
-    if kernel_type == "inv":
-        if inv_alpha is None or inv_lambda is None:
-            raise ValueError('kernel_type="inv" requires inv_alpha and inv_lambda')
-        params = (_check_inv_param(inv_alpha, "inv_alpha", depth, False),
-                  _check_inv_param(inv_lambda, "inv_lambda", depth, False))
-    return kernel_type, bool(asym), params
-
-
-def _fused(src: _Sources, weight, bias, k, out_size, d, shared_filters, kopts, smooth_kernel,
-           normalize, mask):
-    kernel_type, asym, params = kopts
-    x = src.x_pad
+def _fused(x, guide, win: geo.Window, weight, bias, shared_filters, spec: KernelSpec, params,
+           smooth_kernel, mask, tiling):
+    normalize = spec.normalize
     batch, channels = x.shape[0], x.shape[-1]
     if mask is not None:
         geo.check_rank(mask, 4, "mask", "B, h_in, w_in, 1")
-        if mask.shape != (batch, *src.in_size, 1):
-            raise ValueError(f"mask must have shape {(batch, *src.in_size, 1)} (the op's input "
+        if mask.shape != (batch, *win.in_size, 1):
+            raise ValueError(f"mask must have shape {(batch, *win.in_size, 1)} (the op's input "
                              f"grid), got {mask.shape}")
-    kdtype = compute_dtype(src.guide, smooth_kernel, *params)
+    kdtype = compute_dtype(guide, smooth_kernel, *params)
     # Results have the inputs' dtype (as pac_kernel's kernel has the guide's); the computation
     # runs in float32 for half-precision inputs.
-    out_dtype = jnp.result_type(x, weight, src.guide)
+    out_dtype = jnp.result_type(x, weight, guide)
     dtype = compute_dtype(x, weight, kdtype)
-    guide = src.guide.astype(dtype)
-    gp = src.guide_pad
-    guide_padded = geo.pad_spatial(guide, [(gp[0], gp[0]), (gp[1], gp[1])])
+    guide = guide.astype(dtype)
+    guide_padded = win.pad_guide(guide)
     # Without smoothing the centre is a tap of the padded guide: read it inside the loop.
     centre = None if smooth_kernel is None else centre_features(
-        guide, guide_padded, k, out_size, src.stride, d, gp, jnp.asarray(smooth_kernel, dtype))
+        guide, guide_padded, win, jnp.asarray(smooth_kernel, dtype))
 
     valid = ratio = None
     if mask is not None or normalize:
-        ones = jnp.ones((1, *src.in_size, 1), dtype)
+        ones = jnp.ones((1, *win.in_size, 1), dtype)
         valid_map = ones if mask is None else lax.stop_gradient(mask).astype(dtype)
-        valid = src.pad(valid_map)
+        valid = win.pad_input(valid_map)
         if mask is not None:
-            valid_count = _window_count(valid, k, out_size, src.stride, d)
-            real_count = _window_count(src.pad(ones), k, out_size, src.stride, d)
+            valid_count = _window_count(valid, win)
+            real_count = _window_count(win.pad_input(ones), win)
             ratio = jnp.where(real_count == 0, 0,
                               valid_count / jnp.where(real_count == 0, 1, real_count))
 
+    k = win.kernel_size
     if shared_filters:
-        w = jnp.broadcast_to(weight[:, :, 0, :], (*k, 1)).reshape(k[0] * k[1], 1)
+        w = jnp.broadcast_to(weight[:, :, 0, :], (*k, 1)).reshape(win.taps, 1)
     else:
-        w = weight.reshape(k[0] * k[1], channels, weight.shape[-1])
-    plan = tap_loop.Plan(k, out_size, d, src.stride, dense=not shared_filters, fused=True,
-                         kernel_type=kernel_type, asym=asym, with_sum=normalize,
-                         centre_tap=-1 if centre is not None else (k[0] // 2) * k[1] + k[1] // 2)
-    ph = lambda a: tap_loop.to_phases(a, src.stride)
-    if normalize and kernel_type == "gaussian":
+        w = weight.reshape(win.taps, channels, weight.shape[-1])
+    plan = tap_loop.Plan(win, dense=not shared_filters, fused=True, kernel=spec,
+                         with_sum=normalize,
+                         centre_tap=-1 if centre is not None else win.centre_tap)
+    ph = lambda a: tap_loop.to_phases(a, win.tap_stride)
+    if spec.log_domain:
         centre, plan = _shift_kernel(guide, guide_padded, centre, ph(guide_padded), ph(valid),
-                                     k, out_size, src.stride, d, gp, plan)
-    x_src, guide_src, valid_src = x, guide_padded, valid
-    if src.unpadded is not None:
-        # The loop pads x, the guide and the validity itself (identical zero padding).
-        x_src, pads = src.unpadded
-        guide_src = guide
-        valid_src = None if valid is None else valid_map
-        plan = plan._replace(pads=tuple(pads))
+                                     win, plan)
+    if win.tap_stride == (1, 1) and not win.transposed:
+        # x, the guide and the validity share one zero padding: the loop pads them itself,
+        # inside its custom VJP (tap_loop.Plan.pads, leaner backward).
+        x_src, guide_src, valid_src = x, guide, None if valid is None else valid_map
+        plan = plan._replace(pads=tuple(win.input_pads))
+    else:
+        x_src, guide_src, valid_src = win.pad_input(x), guide_padded, valid
+    if tiling is None:
+        tiling = choose_tiling("sum", batch=batch, out_size=win.out_size, channels=channels,
+                               guide_channels=guide.shape[-1], itemsize=dtype.itemsize,
+                               dense=not shared_filters)
     u, n = tap_loop.window_sum(ph(x_src.astype(dtype)), ph(guide_src),
                                None if valid_src is None else ph(valid_src), centre,
-                               w.astype(dtype), tuple(jnp.asarray(q, dtype) for q in params), plan)
+                               w.astype(dtype), tuple(jnp.asarray(q, dtype) for q in params), plan,
+                               tiling)
     y = u
     if normalize:
         y = y / (n + (n == 0).astype(dtype))
@@ -241,55 +230,56 @@ def _fused(src: _Sources, weight, bias, k, out_size, d, shared_filters, kopts, s
     y = _add_bias(y.astype(out_dtype), bias)
     if mask is None:
         return y
-    output_mask = jnp.broadcast_to((ratio != 0).astype(dtype), (batch, *out_size, 1))
+    output_mask = jnp.broadcast_to((ratio != 0).astype(dtype), (batch, *win.out_size, 1))
     return y, output_mask
 
 
-def _shift_kernel(guide, guide_padded, centre, guide_ph, valid_ph, k, out_size, stride, d,
-                  guide_pad, plan):
+def _shift_kernel(guide, guide_padded, centre, guide_ph, valid_ph, win, plan):
     """``(centre with a last channel m, plan)`` for a stable normalised gaussian: the exponent
     is shifted by its maximum over the valid taps (tap_loop.window_min_distance). The centre
     then comes as an array (one ``[B, Ho, Wo, D + 1]`` buffer)."""
     if centre is None:
-        centre = centre_features(guide, guide_padded, k, out_size, stride, d, guide_pad)
+        centre = centre_features(guide, guide_padded, win)
     shift = tap_loop.window_min_distance(guide_ph, valid_ph, centre, plan)
     centre = jnp.concatenate([centre, lax.stop_gradient(shift)[..., None]], axis=-1)
     return centre, plan._replace(shifted=True, centre_tap=-1)
 
 
 def _fused_depthwise(x, guide, weight, stride, padding, dilation, kernel_type, asym, inv_alpha,
-                     inv_lambda, smooth_kernel):
+                     inv_lambda, smooth_kernel, tiling):
     """Fused PAC with one filter per channel: weight ``[kh, kw, 1, C]`` -> ``[B, Ho, Wo, C]``."""
-    k = geo.check_kernel_size(weight.shape[:2], "weight kernel size (weight.shape[:2])")
     geo.check_rank(guide, 4, "guide", "B, H, W, D")
     if guide.shape[:3] != x.shape[:3]:
         raise ValueError(f"guide must have x's batch and spatial size {x.shape[:3]}, "
                          f"got {guide.shape}")
-    s, p, d, out_size = geo.conv_geometry(x.shape[1:3], k, stride, padding, dilation)
-    kernel_type, asym, params = _kernel_options(kernel_type, asym, inv_alpha, inv_lambda,
-                                                guide.shape[-1])
+    win = geo.window(x.shape[1:3], weight.shape[:2], stride=stride, padding=padding,
+                     dilation=dilation, kernel_name="weight kernel size (weight.shape[:2])")
+    spec, params = kernel_spec(kernel_type, asym=asym, inv_alpha=inv_alpha,
+                               inv_lambda=inv_lambda, depth=guide.shape[-1])
     kdtype = compute_dtype(guide, smooth_kernel, *params)
     dtype = compute_dtype(x, weight, kdtype)
-    pads = [(p[0], p[0]), (p[1], p[1])]
     out_dtype = jnp.result_type(x, weight, guide)
     guide = guide.astype(dtype)
-    guide_padded = geo.pad_spatial(guide, pads)
+    guide_padded = win.pad_guide(guide)
     centre = None if smooth_kernel is None else centre_features(
-        guide, guide_padded, k, out_size, s, d, p, jnp.asarray(smooth_kernel, dtype))
-    plan = tap_loop.Plan(k, out_size, d, s, dense=False, fused=True, kernel_type=kernel_type,
-                         asym=asym,
-                         centre_tap=-1 if centre is not None else (k[0] // 2) * k[1] + k[1] // 2)
-    ph = lambda a: tap_loop.to_phases(a, s)
-    u, _ = tap_loop.window_sum(ph(geo.pad_spatial(x.astype(dtype), pads)), ph(guide_padded), None,
-                               centre, weight.reshape(k[0] * k[1], -1).astype(dtype),
-                               tuple(jnp.asarray(q, dtype) for q in params), plan)
+        guide, guide_padded, win, jnp.asarray(smooth_kernel, dtype))
+    plan = tap_loop.Plan(win, dense=False, fused=True, kernel=spec,
+                         centre_tap=-1 if centre is not None else win.centre_tap)
+    ph = lambda a: tap_loop.to_phases(a, win.tap_stride)
+    if tiling is None:
+        tiling = choose_tiling("sum", batch=x.shape[0], out_size=win.out_size,
+                               channels=x.shape[-1], guide_channels=guide.shape[-1],
+                               itemsize=dtype.itemsize)
+    u, _ = tap_loop.window_sum(ph(win.pad_input(x.astype(dtype))), ph(guide_padded), None,
+                               centre, weight.reshape(win.taps, -1).astype(dtype),
+                               tuple(jnp.asarray(q, dtype) for q in params), plan, tiling)
     return u.astype(out_dtype)
 
 
-def _window_count(padded, k, out_size, stride, dilation):
+def _window_count(padded, win: geo.Window):
     """Sum of a padded ``[B', Hp, Wp, 1]`` map over every window: ``[B', Ho, Wo, 1]``."""
-    ones = jnp.ones((*k, 1, 1), padded.dtype)
+    ones = jnp.ones((*win.kernel_size, 1, 1), padded.dtype)
     count = lax.conv_general_dilated(
-        padded, ones, stride, "VALID", rhs_dilation=dilation,
+        padded, ones, win.tap_stride, "VALID", rhs_dilation=win.dilation,
         dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=matmul_precision())
-    return count[:, :out_size[0], :out_size[1]]
+    return count[:, :win.out_size[0], :win.out_size[1]]

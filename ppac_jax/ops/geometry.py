@@ -8,7 +8,7 @@ This module is the only place that knows that formula.
 from __future__ import annotations
 
 import numbers
-from typing import Iterator, Sequence, Tuple, Union
+from typing import Iterator, NamedTuple, Sequence, Tuple, Union
 
 import jax.numpy as jnp
 from jax import lax
@@ -78,22 +78,6 @@ def transposed_input_size(size: int, k: int, stride: int, padding: int,
     return (size - output_padding - 1 - (k - 1) * dilation + 2 * padding) // stride + 1
 
 
-def conv_geometry(spatial: Sequence[int], k: Pair, stride: IntOrPair, padding: IntOrPair,
-                  dilation: IntOrPair):
-    """Validated ``(stride, padding, dilation, out_size)`` of a (PAC) convolution of ``x``.
-
-    ``spatial`` is x's ``(H, W)``; raises ``ValueError`` for bad values or an empty output.
-    """
-    s = check_positive(stride, "stride")
-    p = check_non_negative(padding, "padding")
-    d = check_positive(dilation, "dilation")
-    out = tuple(conv_output_size(spatial[a], k[a], s[a], p[a], d[a]) for a in range(2))
-    if min(out) < 1:
-        raise ValueError(f"x spatial size {tuple(spatial)} is too small for kernel_size={k}, "
-                         f"dilation={d}, padding={p}")
-    return s, p, d, out
-
-
 def transposed_geometry(spatial: Sequence[int], k: Pair, stride: IntOrPair, padding: IntOrPair,
                         output_padding: IntOrPair, dilation: IntOrPair):
     """Validated ``(stride, padding, output_padding, dilation, out_size)`` of a transposed conv.
@@ -115,6 +99,151 @@ def transposed_geometry(spatial: Sequence[int], k: Pair, stride: IntOrPair, padd
         raise ValueError(f"x spatial size {tuple(spatial)} gives an empty output for "
                          f"kernel_size={k}, stride={s}, padding={p}")
     return s, p, op, d, out
+
+
+def same_padding(kernel_size: int, dilation: int = 1) -> int:
+    """Padding that keeps the size of a stride-1 window: ``(k // 2) * d``."""
+    return (kernel_size // 2) * dilation
+
+
+class Window(NamedTuple):
+    """The window of one PAC op (hashable; build it with :func:`window`).
+
+    A transposed op is the stride-1 convolution of its zero-inserted, padded input
+    (:meth:`pad_input`); ``tap_stride`` is the stride of that convolution's taps.
+    """
+    kernel_size: Pair
+    stride: Pair
+    padding: Pair
+    dilation: Pair
+    output_padding: Pair
+    transposed: bool
+    in_size: Pair             # the op's input grid (the low-resolution one when transposed)
+    out_size: Pair
+
+    @property
+    def tap_stride(self) -> Pair:
+        return (1, 1) if self.transposed else self.stride
+
+    @property
+    def taps(self) -> int:
+        return self.kernel_size[0] * self.kernel_size[1]
+
+    @property
+    def centre(self) -> Pair:
+        """The window's centre tap ``(i, j)``."""
+        return (self.kernel_size[0] // 2, self.kernel_size[1] // 2)
+
+    @property
+    def centre_tap(self) -> int:
+        """Row-major index of :attr:`centre`."""
+        return self.centre[0] * self.kernel_size[1] + self.centre[1]
+
+    @property
+    def input_pads(self):
+        """``[(low, high)] * 2`` padding of the input (of the zero-inserted input when
+        transposed; negative values crop)."""
+        if self.transposed:
+            return [transposed_pads(self.kernel_size[a], self.padding[a],
+                                    self.output_padding[a], self.dilation[a]) for a in range(2)]
+        return [(self.padding[a],) * 2 for a in range(2)]
+
+    @property
+    def guide_pad(self) -> Pair:
+        """Zero padding of a guide on the grid the taps read with ``tap_stride``: the op's
+        padding, or, for a transposed op (guide on the output grid), "same" padding."""
+        if self.transposed:
+            return tuple((self.kernel_size[a] - 1) * self.dilation[a] // 2 for a in range(2))
+        return self.padding
+
+    @property
+    def halo(self) -> int:
+        """Extra input rows (in units of ``tap_stride``) that a strip of output rows reads."""
+        return ((self.kernel_size[0] - 1) * self.dilation[0]) // self.tap_stride[0]
+
+    def pad_input(self, x):
+        """The (zero-inserted and) padded input ``[B, Hp, Wp, C]`` whose stride-``tap_stride``
+        windows are the op's windows."""
+        if self.transposed:
+            return zero_insert_and_pad(x, self.stride, self.input_pads)
+        return pad_spatial(x, self.input_pads)
+
+    @property
+    def centre_offset(self) -> Pair:
+        """Position of output ``(0, 0)``'s window centre on the unpadded guide grid (output
+        ``o`` has its centre at ``o * tap_stride + centre_offset``)."""
+        return tuple(self.centre[a] * self.dilation[a] - self.guide_pad[a] for a in range(2))
+
+    def centre_filter_pads(self, filter_size: Pair, guide_size: Pair):
+        """``[(low, high)] * 2`` padding of an unpadded guide of ``guide_size`` after which a
+        ``filter_size`` (odd) filter applied with ``tap_stride`` ("VALID") is centred on every
+        window centre (negative values crop)."""
+        pads = []
+        for a in range(2):
+            low = filter_size[a] // 2 - self.centre_offset[a]
+            high = (self.out_size[a] - 1) * self.tap_stride[a] + filter_size[a] \
+                - guide_size[a] - low
+            pads.append((low, high))
+        return pads
+
+    def tap_slice(self, x_pad, tap: Pair):
+        """:func:`tap_slice` of a padded input (or guide) with this window: ``[B, Ho, Wo, C]``."""
+        return tap_slice(x_pad, tap, self.out_size, self.tap_stride, self.dilation)
+
+    def pad_guide(self, guide):
+        return pad_spatial(guide, [(p, p) for p in self.guide_pad])
+
+    def tap_start(self, t):
+        """``(phase_h, phase_w, row, col)`` of tap ``t`` (row-major, may be traced) in the
+        :func:`phase_split` of the padded input (:func:`tap_phase_start`)."""
+        kw = self.kernel_size[1]
+        return tap_phase_start((t // kw, t % kw), self.tap_stride, self.dilation)
+
+    def strip(self, rows: int) -> "Window":
+        """This window restricted to a strip of ``rows`` output rows."""
+        return self._replace(out_size=(rows, self.out_size[1]))
+
+    def strip_count(self, rows: int) -> int:
+        return -(-self.out_size[0] // rows)
+
+
+def window(size: Sequence[int], kernel_size: IntOrPair, *, stride: IntOrPair = 1,
+           padding: IntOrPair = 0, dilation: IntOrPair = 1, output_padding: IntOrPair = 0,
+           transposed: bool = False, output_grid: bool = False,
+           kernel_name: str = "kernel_size", name: str = "x") -> Window:
+    """Validated :class:`Window` of a PAC op whose input has spatial size ``size``.
+
+    With ``output_grid`` (transposed ops only), ``size`` is the *output* size (a guide on the
+    output grid) and the input size is derived; it must round-trip. ``output_padding`` is
+    ignored unless ``transposed``. Raises ``ValueError`` naming the bad argument (``name``:
+    the array whose size ``size`` is).
+    """
+    k = check_kernel_size(kernel_size, kernel_name)
+    size = tuple(int(v) for v in size)
+    if transposed and not output_grid:
+        s, p, op, d, out = transposed_geometry(size, k, stride, padding, output_padding,
+                                               dilation)
+        return Window(k, s, p, d, op, True, size, out)
+    s = check_positive(stride, "stride")
+    p = check_non_negative(padding, "padding")
+    d = check_positive(dilation, "dilation")
+    op = check_non_negative(output_padding, "output_padding")
+    if not transposed:
+        out = tuple(conv_output_size(size[a], k[a], s[a], p[a], d[a]) for a in range(2))
+        if min(out) < 1:
+            raise ValueError(f"{name} spatial size {size} is too small for kernel_size={k}, "
+                             f"dilation={d}, padding={p}")
+        return Window(k, s, p, d, (0, 0), False, size, out)
+    in_size = tuple(transposed_input_size(size[a], k[a], s[a], p[a], op[a], d[a])
+                    for a in range(2))
+    expected = tuple(transposed_output_size(in_size[a], k[a], s[a], p[a], op[a], d[a])
+                     for a in range(2))
+    if min(in_size) < 1 or expected != size:
+        raise ValueError(
+            f"guide spatial size {size} is not the output size of a transposed convolution "
+            f"with kernel_size={k}, stride={s}, padding={p}, output_padding={op}, "
+            f"dilation={d}: (h_in - 1) * s - 2p + d * (k - 1) + 1 + output_padding")
+    return Window(k, s, p, d, op, True, in_size, size)
 
 
 def transposed_pads(k: int, padding: int, output_padding: int, dilation: int) -> Tuple[int, int]:

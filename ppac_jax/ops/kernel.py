@@ -12,6 +12,7 @@ from jax import lax
 from ppac_jax.ops import autodiff
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops.precision import matmul_precision
+from ppac_jax.ops.tiling import choose_tiling
 
 KERNEL_TYPES = ("gaussian", "inv")
 # Internal kernel type: the gaussian's exponent -x / 2 (for stable normalisation).
@@ -20,6 +21,8 @@ _LOG_GAUSSIAN = "log_gaussian"
 _MAX_SHIFTED_LOG = 50.0
 # Added to the squared distance of `inv` kernels before the power (reference value).
 _INV_EPS = 1e-4
+# Floor of a shifted distance: exp(-_SHIFT_FLOOR / 2) = e^50 stays finite in float32.
+_SHIFT_FLOOR = -100.0
 
 
 def compute_dtype(*arrays):
@@ -28,6 +31,55 @@ def compute_dtype(*arrays):
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.float32
     return jnp.promote_types(dtype, jnp.float32)
+
+
+class KernelSpec(NamedTuple):
+    """The formula of one adapting kernel (static, hashable; built by :func:`kernel_spec`).
+
+    With ``x = sum_c (relu if asym)(f_j - f_i)_c ** 2`` (per channel if ``channel_wise``),
+    ``K = exp(-x / 2)`` (gaussian) or ``inv_alpha + (x + 1e-4) ** (inv_lambda / 2)`` (inv);
+    ``normalize`` divides K by its window sum (a gaussian then from its exponent,
+    :attr:`log_domain`). The parameters ``(inv_alpha, inv_lambda)`` are arrays and travel
+    beside the spec as ``params`` (``()`` for a gaussian).
+    """
+    kernel_type: str = "gaussian"
+    asym: bool = False
+    channel_wise: bool = False
+    normalize: bool = False
+
+    @property
+    def log_domain(self) -> bool:
+        return self.normalize and self.kernel_type == "gaussian"
+
+    def distance(self, features, centre, shift=None):
+        """``x`` of one tap (:func:`tap_distance`); with ``shift``, ``x - shift``. Counted taps
+        have ``x >= shift`` up to rounding (no comparison here: it would cut the gradient of
+        the window's nearest tap); the floor only keeps taps that the shift did not count
+        from overflowing ``exp``."""
+        dist = tap_distance(features, centre, asym=self.asym, channel_wise=self.channel_wise)
+        if shift is None:
+            return dist
+        return jnp.maximum(dist - shift, jnp.asarray(_SHIFT_FLOOR, dist.dtype))
+
+    def value(self, dist, params=(), *, log=False):
+        """``K`` from ``x``; ``log``: the gaussian's exponent ``-x / 2`` instead."""
+        return kernel_from_distance(dist, _LOG_GAUSSIAN if log else self.kernel_type, *params)
+
+
+def kernel_spec(kernel_type="gaussian", *, asym=False, inv_alpha=None, inv_lambda=None,
+                depth: int, channel_wise=False, normalize=False):
+    """Validated ``(KernelSpec, params)`` for a guide with ``depth`` channels; ``params`` is
+    ``()`` or ``(inv_alpha, inv_lambda)`` (shape ``()``, or ``[D]`` when ``channel_wise``).
+    Raises ``ValueError`` naming the bad argument."""
+    if kernel_type not in KERNEL_TYPES:
+        raise ValueError(f"kernel_type must be one of {KERNEL_TYPES}, got {kernel_type!r}")
+    params = ()
+    if kernel_type == "inv":
+        if inv_alpha is None or inv_lambda is None:
+            raise ValueError('kernel_type="inv" requires inv_alpha and inv_lambda')
+        params = (_check_inv_param(inv_alpha, "inv_alpha", depth, channel_wise),
+                  _check_inv_param(inv_lambda, "inv_lambda", depth, channel_wise))
+    return KernelSpec(kernel_type, bool(asym), bool(channel_wise), bool(normalize)), params
 
 
 def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_padding=0,
@@ -76,45 +128,22 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
       ``channel_wise``); output_mask ``[B, Ho, Wo, 1]`` (``[..., D]`` channel-wise) float 0/1,
       0 where a window holds no valid sample, or ``None`` when no ``mask`` is given.
     """
+    return _pac_kernel(**locals())
+
+
+def _pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_padding=0,
+                transposed=False, kernel_type="gaussian", asym=False, inv_alpha=None,
+                inv_lambda=None, smooth_kernel=None, channel_wise=False, normalize=False,
+                mask=None, tiling=None):
     geo.check_rank(guide, 4, "guide", "B, H, W, D")
-    k = geo.check_kernel_size(kernel_size)
-    s = geo.check_positive(stride, "stride")
-    p = geo.check_non_negative(padding, "padding")
-    d = geo.check_positive(dilation, "dilation")
-    op = geo.check_non_negative(output_padding, "output_padding")
-    if kernel_type not in KERNEL_TYPES:
-        raise ValueError(f"kernel_type must be one of {KERNEL_TYPES}, got {kernel_type!r}")
-    batch, height, width, depth = guide.shape
-    size = (height, width)
-
-    if transposed:
-        in_size = tuple(geo.transposed_input_size(size[a], k[a], s[a], p[a], op[a], d[a])
-                        for a in range(2))
-        expected = tuple(geo.transposed_output_size(in_size[a], k[a], s[a], p[a], op[a], d[a])
-                         for a in range(2))
-        if min(in_size) < 1 or expected != size:
-            raise ValueError(
-                f"guide spatial size {size} is not the output size of a transposed convolution "
-                f"with kernel_size={k}, stride={s}, padding={p}, output_padding={op}, "
-                f"dilation={d}: (h_in - 1) * s - 2p + d * (k - 1) + 1 + output_padding")
-        out_size = size
-        guide_stride = (1, 1)
-        guide_pad = tuple((k[a] - 1) * d[a] // 2 for a in range(2))
-    else:
-        in_size = size
-        out_size = tuple(geo.conv_output_size(size[a], k[a], s[a], p[a], d[a]) for a in range(2))
-        if min(out_size) < 1:
-            raise ValueError(f"guide spatial size {size} is too small for kernel_size={k}, "
-                             f"dilation={d}, padding={p}")
-        guide_stride = s
-        guide_pad = p
-
-    alpha = lam = None
-    if kernel_type == "inv":
-        if inv_alpha is None or inv_lambda is None:
-            raise ValueError('kernel_type="inv" requires inv_alpha and inv_lambda')
-        alpha = _check_inv_param(inv_alpha, "inv_alpha", depth, channel_wise)
-        lam = _check_inv_param(inv_lambda, "inv_lambda", depth, channel_wise)
+    win = geo.window(guide.shape[1:3], kernel_size, stride=stride, padding=padding,
+                     dilation=dilation, output_padding=output_padding, transposed=transposed,
+                     output_grid=True, name="guide")
+    batch, _, _, depth = guide.shape
+    in_size, out_size = win.in_size, win.out_size
+    spec, params = kernel_spec(kernel_type, asym=asym, inv_alpha=inv_alpha,
+                               inv_lambda=inv_lambda, depth=depth, channel_wise=channel_wise,
+                               normalize=normalize)
 
     if mask is not None:
         geo.check_rank(mask, 4, "mask", "B, h_in, w_in, 1")
@@ -123,28 +152,22 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
                              f"got {mask.shape}")
 
     out_dtype = jnp.result_type(guide)
-    dtype = compute_dtype(guide, smooth_kernel, alpha, lam)
+    dtype = compute_dtype(guide, smooth_kernel, *params)
     guide = guide.astype(dtype)
-    pads = [(guide_pad[0],) * 2, (guide_pad[1],) * 2]
     # A normalised gaussian kernel is built from its exponent (see _normalized_exp).
-    log_domain = normalize and kernel_type == "gaussian"
-    ktype = _LOG_GAUSSIAN if log_domain else kernel_type
-    if channel_wise:
-        kern = _channel_wise_kernel(guide, pads, k, out_size, guide_stride, d, guide_pad,
-                                    smooth_kernel, ktype, asym, alpha, lam)
-    elif batch * out_size[0] * out_size[1] < PLANAR_MIN_PIXELS:
-        kern = _sliced_kernel(guide, pads, k, out_size, guide_stride, d, guide_pad,
-                              smooth_kernel, ktype, asym, alpha, lam)
+    log_domain = spec.log_domain
+    if tiling is None:
+        tiling = choose_tiling("kernel", batch=batch, out_size=out_size, channels=depth,
+                               itemsize=dtype.itemsize, dense=channel_wise)
+    if channel_wise or not tiling.planar:
+        kern = _sliced_kernel(guide, win, smooth_kernel, spec, params)
     else:
-        kern = _planar_kernel(guide, pads, k, out_size, guide_stride, d, guide_pad,
-                              smooth_kernel, ktype, asym, alpha, lam)
+        kern = _planar_kernel(guide, win, smooth_kernel, spec, params, tiling.rows)
 
     output_mask = None
     if mask is not None or normalize:
-        pattern = _input_taps(jnp.ones((1, *in_size, 1), dtype), k, out_size, s, p, op, d,
-                              transposed)
-        valid = pattern if mask is None else _input_taps(mask.astype(dtype), k, out_size, s, p,
-                                                         op, d, transposed)
+        pattern = _input_taps(jnp.ones((1, *in_size, 1), dtype), win)
+        valid = pattern if mask is None else _input_taps(mask.astype(dtype), win)
         if log_domain:
             kern = _normalized_exp(kern, valid[..., None] if channel_wise else valid)
         else:
@@ -216,20 +239,15 @@ def _normalized_exp(log_kernel, valid):
     return kern / (norm + (norm == 0).astype(norm.dtype))
 
 
-def centre_features(guide, guide_padded, kernel_size, out_size, stride, dilation, guide_pad,
-                    smooth_kernel=None):
+def centre_features(guide, guide_padded, win: geo.Window, smooth_kernel=None):
     """The centre feature f_i of every window: ``[B, Ho, Wo, D]``.
 
-    ``guide_padded`` is ``guide`` zero padded by ``guide_pad``; windows of ``kernel_size`` taps
-    (dilated) start every ``stride`` samples of it. With ``smooth_kernel`` (``[sh, sw]``, odd)
+    ``guide_padded`` is ``win.pad_guide(guide)``. With ``smooth_kernel`` (``[sh, sw]``, odd)
     the centre is the guide cross-correlated with it (zero padding) at the window centre.
     """
-    k, d = kernel_size, dilation
     if smooth_kernel is None:
-        return geo.tap_slice(guide_padded, (k[0] // 2, k[1] // 2), out_size, stride, d)
-    centre_offset = tuple((k[a] // 2) * d[a] - guide_pad[a] for a in range(2))
-    return _smoothed_centre(guide, jnp.asarray(smooth_kernel, guide.dtype), out_size, stride,
-                            centre_offset)
+        return win.tap_slice(guide_padded, win.centre)
+    return _smoothed_centre(guide, jnp.asarray(smooth_kernel, guide.dtype), win)
 
 
 def parse_kernel_type(name: str) -> dict:
@@ -264,10 +282,9 @@ def _check_inv_param(value, name, depth, channel_wise):
                      f"got {value.shape}")
 
 
-def _smoothed_centre(guide, smooth_kernel, out_size, stride, offset):
+def _smoothed_centre(guide, smooth_kernel, win: geo.Window):
     """Guide cross-correlated with ``smooth_kernel`` (zero padding) at the window centres.
 
-    The centre of output position y is input position ``y * stride + offset``.
     guide ``[B, H, W, D]`` -> ``[B, Ho, Wo, D]``.
     """
     if smooth_kernel.ndim != 2 or smooth_kernel.shape[0] % 2 == 0 or smooth_kernel.shape[1] % 2 == 0:
@@ -275,63 +292,34 @@ def _smoothed_centre(guide, smooth_kernel, out_size, stride, offset):
                          f"got shape {smooth_kernel.shape}")
     sk = smooth_kernel.shape
     depth = guide.shape[-1]
-    pads = []
-    for a in range(2):
-        lo = sk[a] // 2 - offset[a]
-        hi = (out_size[a] - 1) * stride[a] + sk[a] - guide.shape[1 + a] - lo
-        pads.append((lo, hi))
-    padded = geo.pad_spatial(guide, pads)
+    padded = geo.pad_spatial(guide, win.centre_filter_pads(sk, guide.shape[1:3]))
     rhs = jnp.broadcast_to(smooth_kernel[:, :, None, None], (*sk, 1, depth))
     return lax.conv_general_dilated(
-        padded, rhs, stride, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        padded, rhs, win.tap_stride, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=depth, precision=matmul_precision())
 
 
-def _input_taps(values, k, out_size, stride, padding, output_padding, dilation, transposed):
+def _input_taps(values, win: geo.Window):
     """Per-window view of a ``[B', h_in, w_in, 1]`` map on the op's input grid.
 
     Taps outside the input (and, for transposed ops, on inserted zeros) read 0.
     Returns ``[B', Ho, Wo, kh, kw]``.
     """
-    if transposed:
-        pads = [geo.transposed_pads(k[a], padding[a], output_padding[a], dilation[a])
-                for a in range(2)]
-        padded = geo.zero_insert_and_pad(values, stride, pads)
-        tap_stride = (1, 1)
-    else:
-        padded = geo.pad_spatial(values, [(padding[0],) * 2, (padding[1],) * 2])
-        tap_stride = stride
-    cols = [geo.tap_slice(padded, tap, out_size, tap_stride, dilation)[..., 0]
-            for tap in geo.taps(k)]
-    cols = jnp.stack(cols, axis=3)
-    return cols.reshape(values.shape[0], *out_size, k[0], k[1])
+    padded = win.pad_input(values)
+    cols = jnp.stack([win.tap_slice(padded, tap)[..., 0] for tap in geo.taps(win.kernel_size)],
+                     axis=3)
+    return cols.reshape(values.shape[0], *win.out_size, *win.kernel_size)
 
 
-def _channel_wise_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel,
-                         kernel_type, asym, alpha, lam):
-    """``[B, Ho, Wo, kh, kw, D]``: one kernel per guide channel, tap by tap (channels-last)."""
-    return _sliced_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel,
-                          kernel_type, asym, alpha, lam, channel_wise=True)
-
-
-# Below this many output pixels (B * Ho * Wo) the kernel is built from channels-last tap
-# slices and plain autodiff: compiles in about half the time of the planar loop below, which
-# only pays off on large images.
-PLANAR_MIN_PIXELS = 64 * 64
-
-
-def _sliced_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel, kernel_type,
-                   asym, alpha, lam, channel_wise=False):
+def _sliced_kernel(guide, win: geo.Window, smooth_kernel, spec: KernelSpec, params):
     """``[B, Ho, Wo, kh, kw(, D)]`` from ``kh * kw`` channels-last tap slices of the guide."""
-    guide_padded = geo.pad_spatial(guide, pads)
-    centre = centre_features(guide, guide_padded, k, out_size, stride, d, guide_pad,
-                             smooth_kernel)
-    values = [tap_distance(geo.tap_slice(guide_padded, tap, out_size, stride, d), centre,
-                           asym=asym, channel_wise=channel_wise)
-              for tap in geo.taps(k)]
+    guide_padded = win.pad_guide(guide)
+    centre = centre_features(guide, guide_padded, win, smooth_kernel)
+    values = [spec.distance(win.tap_slice(guide_padded, tap), centre)
+              for tap in geo.taps(win.kernel_size)]
     dist = jnp.stack(values, axis=3)
-    dist = dist.reshape(guide.shape[0], *out_size, k[0], k[1], *dist.shape[4:])
-    return kernel_from_distance(dist, kernel_type, alpha, lam)
+    dist = dist.reshape(guide.shape[0], *win.out_size, *win.kernel_size, *dist.shape[4:])
+    return spec.value(dist, params, log=spec.log_domain)
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,56 +334,43 @@ def _sliced_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel
 # guide gradient in place. Measured on a 2-core CPU, 436x1024 guide with D = 5, 7x7: about
 # 5x faster forward and 3x faster forward+backward than slicing channels-last taps.
 
-# Output rows per strip: one tap's guide window (all channels) is about this big. 8 rows of a
-# 1024-wide, 5-channel float32 guide; much larger strips fall out of cache (2-3x slower).
-KERNEL_STRIP_BYTES = 160 << 10
-
-
 class _KernelPlan(NamedTuple):
     """Static description of one planar kernel computation (hashable)."""
-    kernel_size: geo.Pair
-    out_size: geo.Pair
-    stride: geo.Pair
-    dilation: geo.Pair
-    kernel_type: str
-    asym: bool
+    window: geo.Window
+    kernel: KernelSpec
     rows: int
 
 
-def _planar_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel, kernel_type,
-                   asym, alpha, lam):
+def _planar_kernel(guide, win: geo.Window, smooth_kernel, spec: KernelSpec, params, rows):
     """``[B, Ho, Wo, kh, kw]`` kernel of summed feature distances (not channel-wise)."""
     batch, height, width, depth = guide.shape
     dtype = guide.dtype
     # Channels become batch entries of a one-channel NHWC image: [D * B, H, W, 1].
     planes = jnp.transpose(guide, (3, 0, 1, 2)).reshape(depth * batch, height, width, 1)
-    padded = geo.pad_spatial(planes, pads)
-    centre = centre_features(planes, padded, k, out_size, stride, d, guide_pad, smooth_kernel)
-    centre = centre.reshape(depth, batch, *out_size)
-    phases = geo.phase_split(padded, stride)
+    padded = win.pad_guide(planes)
+    centre = centre_features(planes, padded, win, smooth_kernel)
+    centre = centre.reshape(depth, batch, *win.out_size)
+    phases = geo.phase_split(padded, win.tap_stride)
     phases = phases.reshape(*phases.shape[:2], depth, batch, *phases.shape[3:5])
-    params = (() if kernel_type in ("gaussian", _LOG_GAUSSIAN)
-              else (alpha.astype(dtype), lam.astype(dtype)))
-    rows = max(1, KERNEL_STRIP_BYTES // (depth * batch * out_size[1] * dtype.itemsize))
-    plan = _KernelPlan(k, out_size, stride, d, kernel_type, asym, min(rows, out_size[0]))
+    params = tuple(q.astype(dtype) for q in params)
+    plan = _KernelPlan(win, spec, min(rows or win.out_size[0], win.out_size[0]))
     kern = _kernel_taps(phases, centre, params, plan)
     # Outside the custom VJP, so that XLA cancels this against a tap-major consumer's transpose
     # (ops.pac_conv2d's loop), forward and backward.
-    return jnp.transpose(kern, (1, 2, 3, 0)).reshape(batch, *out_size, k[0], k[1])
+    return jnp.transpose(kern, (1, 2, 3, 0)).reshape(batch, *win.out_size, *win.kernel_size)
 
 
 def _tap_value(windows, centres, params, plan: _KernelPlan):
     """Kernel value of one tap from per-channel samples and centres (``D`` arrays each)."""
-    dist = tap_distance(windows, centres, asym=plan.asym)
-    return kernel_from_distance(dist, plan.kernel_type, *params)
+    return plan.kernel.value(plan.kernel.distance(windows, centres), params,
+                             log=plan.kernel.log_domain)
 
 
 def _tap_start(t, channel, plan: _KernelPlan):
     """Start of channel ``channel`` of tap ``t`` (traced) in ``[sh, sw, D, B, rows, cols]``."""
     t = jnp.asarray(t, jnp.int32)
     zero = jnp.zeros((), jnp.int32)
-    ph, pw, row, col = geo.tap_phase_start((t // plan.kernel_size[1], t % plan.kernel_size[1]),
-                                           plan.stride, plan.dilation)
+    ph, pw, row, col = plan.window.tap_start(t)
     return (ph, pw, jnp.asarray(channel, jnp.int32), zero, row, col)
 
 
@@ -405,7 +380,7 @@ def _tap_windows(phases, t, rows, plan: _KernelPlan):
     One slice per channel: XLA CPU runs the per-channel sum of the distance as plain
     vectorised loops then, 2x faster than a reduction over a channel axis (measured).
     """
-    size = (1, 1, 1, phases.shape[3], rows, plan.out_size[1])
+    size = (1, 1, 1, phases.shape[3], rows, plan.window.out_size[1])
     return [lax.dynamic_slice(phases, _tap_start(t, c, plan), size)[0, 0, 0]
             for c in range(phases.shape[2])]
 
@@ -439,8 +414,7 @@ def _add_axis(acc, update, axis, start):
 
 def _strips(plan: _KernelPlan):
     """``(number of strips, halo)``; the last strip is moved up to end at the last row."""
-    halo = ((plan.kernel_size[0] - 1) * plan.dilation[0]) // plan.stride[0]
-    return -(-plan.out_size[0] // plan.rows), halo
+    return plan.window.strip_count(plan.rows), plan.window.halo
 
 
 @functools.partial(autodiff.custom_vjp, nondiff_argnums=(3,))
@@ -448,11 +422,11 @@ def _kernel_taps(phases, centre, params, plan: _KernelPlan):
     """Tap-major kernel ``[T, B, Ho, Wo]`` from guide phases ``[sh, sw, D, B, Hq, Wq]`` and the
     planar window centres ``[D, B, Ho, Wo]``."""
     depth, batch, out_h, out_w = centre.shape
-    rows, taps = plan.rows, plan.kernel_size[0] * plan.kernel_size[1]
+    rows, taps = plan.rows, plan.window.taps
     strips, halo = _strips(plan)
 
     def strip(s, out):
-        start = geo.strip_start(s, plan.rows, plan.out_size[0])
+        start = geo.strip_start(s, plan.rows, plan.window.out_size[0])
         src = _slice_axis(phases, 4, start, rows + halo)
         c = _slice_axis(centre, 2, start, rows)
         c = [c[i] for i in range(depth)]
@@ -476,13 +450,13 @@ def _kernel_taps_fwd(phases, centre, params, plan):
 def _kernel_taps_bwd(plan, residuals, cotangent):
     phases, centre, params = residuals
     depth, batch, _, out_w = centre.shape
-    rows, taps = plan.rows, plan.kernel_size[0] * plan.kernel_size[1]
+    rows, taps = plan.rows, plan.window.taps
     strips, halo = _strips(plan)
     zeros = functools.partial(jax.tree_util.tree_map, jnp.zeros_like)
 
     def strip(s, carry):
         d_phases, d_centre, d_params = carry
-        start = geo.strip_start(s, plan.rows, plan.out_size[0])
+        start = geo.strip_start(s, plan.rows, plan.window.out_size[0])
         src = _slice_axis(phases, 4, start, rows + halo)
         c = _slice_axis(centre, 2, start, rows)
         c = [c[i] for i in range(depth)]

@@ -28,17 +28,13 @@ from ppac_jax.ops import geometry as geo
 from ppac_jax.ops import tap_loop
 from ppac_jax.ops.kernel import compute_dtype
 from ppac_jax.ops.precision import matmul_precision
+from ppac_jax.ops.tiling import Tiling, choose_impl, choose_tiling
 
 IMPLS = ("auto", "patches", "loop")
-# `auto` uses `patches` only while its window tensor stays this small (bytes).
-_AUTO_PATCHES_MAX_BYTES = 1 << 20
 
 
-class _Geometry(NamedTuple):
-    kernel_size: geo.Pair
-    out_size: geo.Pair
-    stride: geo.Pair
-    dilation: geo.Pair
+class _Product(NamedTuple):
+    window: geo.Window
     dense: bool          # weight [kh, kw, C, O]; otherwise one scalar per tap [kh, kw]
     channel_wise: bool   # kernel has a trailing channel axis
 
@@ -64,16 +60,20 @@ def pac_conv2d(x, kernel, weight, bias=None, *, stride=1, padding=0, dilation=1,
     Returns:
       ``[B, Ho, Wo, Cout]`` with ``Ho = (H + 2p - d(kh - 1) - 1) // s + 1`` (same for W).
     """
+    return _pac_conv2d(**locals())
+
+
+def _pac_conv2d(x, kernel, weight, bias=None, *, stride=1, padding=0, dilation=1,
+                shared_filters=False, impl="auto", tiling=None):
     geo.check_rank(x, 4, "x", "B, H, W, Cin")
     k = _check_weight(weight, x.shape[-1], shared_filters)
-    s, p, d, out_size = geo.conv_geometry(x.shape[1:3], k, stride, padding, dilation)
-    channel_wise = _check_kernel(kernel, x.shape[0], out_size, k, x.shape[-1])
-    x_pad = geo.pad_spatial(x, [(p[0], p[0]), (p[1], p[1])])
+    win = geo.window(x.shape[1:3], k, stride=stride, padding=padding, dilation=dilation)
+    channel_wise = _check_kernel(kernel, x.shape[0], win, x.shape[-1])
     # One input and one output channel: the per-channel product is the same sum, cheaper.
     dense = not shared_filters and weight.shape[2:] != (1, 1)
-    g = _Geometry(k, out_size, s, d, dense, channel_wise)
     w = weight if dense else weight[:, :, 0, 0]
-    y = windowed_product(x_pad, kernel, w, g, impl)
+    y = windowed_product(win.pad_input(x), kernel, w, _Product(win, dense, channel_wise), impl,
+                         tiling)
     return _add_bias(y, bias)
 
 
@@ -103,14 +103,12 @@ def pac_conv_transpose2d(x, kernel, weight, bias=None, *, stride=1, padding=0, o
     """
     geo.check_rank(x, 4, "x", "B, h, w, Cin")
     k = _check_weight(weight, x.shape[-1], shared_filters)
-    s, p, op, d, out_size = geo.transposed_geometry(x.shape[1:3], k, stride, padding,
-                                                    output_padding, dilation)
-    channel_wise = _check_kernel(kernel, x.shape[0], out_size, k, x.shape[-1])
-    pads = [geo.transposed_pads(k[a], p[a], op[a], d[a]) for a in range(2)]
-    x_dil = geo.zero_insert_and_pad(x, s, pads)
-    g = _Geometry(k, out_size, (1, 1), d, not shared_filters, channel_wise)
+    win = geo.window(x.shape[1:3], k, stride=stride, padding=padding, dilation=dilation,
+                     output_padding=output_padding, transposed=True)
+    channel_wise = _check_kernel(kernel, x.shape[0], win, x.shape[-1])
     w = weight if not shared_filters else weight[:, :, 0, 0]
-    y = windowed_product(x_dil, kernel, w, g, impl)
+    y = windowed_product(win.pad_input(x), kernel, w,
+                         _Product(win, not shared_filters, channel_wise), impl)
     return _add_bias(y, bias)
 
 
@@ -129,14 +127,18 @@ def pac_pool2d(x, kernel, *, kernel_size, stride=1, padding=0, dilation=1, impl=
     Returns:
       ``[B, Ho, Wo, C]``.
     """
+    return _pac_pool2d(**locals())
+
+
+def _pac_pool2d(x, kernel, *, kernel_size, stride=1, padding=0, dilation=1, impl="auto",
+                tiling=None):
     geo.check_rank(x, 4, "x", "B, H, W, C")
-    k = geo.check_kernel_size(kernel_size)
-    s, p, d, out_size = geo.conv_geometry(x.shape[1:3], k, stride, padding, dilation)
-    channel_wise = _check_kernel(kernel, x.shape[0], out_size, k, x.shape[-1])
-    x_pad = geo.pad_spatial(x, [(p[0], p[0]), (p[1], p[1])])
-    g = _Geometry(k, out_size, s, d, False, channel_wise)
-    ones = jnp.ones(k, compute_dtype(x, kernel))
-    return windowed_product(x_pad, kernel, ones, g, impl)
+    win = geo.window(x.shape[1:3], kernel_size, stride=stride, padding=padding,
+                     dilation=dilation)
+    channel_wise = _check_kernel(kernel, x.shape[0], win, x.shape[-1])
+    ones = jnp.ones(win.kernel_size, compute_dtype(x, kernel))
+    return windowed_product(win.pad_input(x), kernel, ones, _Product(win, False, channel_wise),
+                            impl, tiling)
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,9 +158,9 @@ def _check_weight(weight, in_channels, shared_filters):
     return k
 
 
-def _check_kernel(kernel, batch, out_size, k, channels):
+def _check_kernel(kernel, batch, win: geo.Window, channels):
     """Validate the adapting kernel's shape; return whether it is channel-wise."""
-    expected = (batch, *out_size, *k)
+    expected = (batch, *win.out_size, *win.kernel_size)
     if getattr(kernel, "ndim", None) not in (5, 6) or tuple(kernel.shape[:5]) != expected:
         raise ValueError(f"kernel must have shape {expected} ([B, Ho, Wo, kh, kw], optionally "
                          f"with a trailing channel axis), got {getattr(kernel, 'shape', None)}")
@@ -180,11 +182,13 @@ def _add_bias(y, bias):
 # the windowed product
 
 
-def windowed_product(x_pad, kernel, weight, g: _Geometry, impl: str = "auto"):
+def windowed_product(x_pad, kernel, weight, g: _Product, impl: str = "auto",
+                     tiling: Tiling = None):
     """Dispatch the windowed product to an implementation.
 
     x_pad ``[B, Hp, Wp, C]`` (padded / zero-inserted); kernel ``[B, Ho, Wo, kh, kw(, C)]``;
-    weight ``[kh, kw, C, O]`` (dense) or ``[kh, kw]`` -> ``[B, Ho, Wo, O or C]``.
+    weight ``[kh, kw, C, O]`` (dense) or ``[kh, kw]`` -> ``[B, Ho, Wo, O or C]``. The loop
+    runs with ``tiling`` (default: :func:`choose_tiling` from the shapes).
     """
     if impl == "shifted":  # removed implementation: same product, same numbers
         warnings.warn('impl="shifted" was removed; using impl="loop"', DeprecationWarning,
@@ -193,40 +197,40 @@ def windowed_product(x_pad, kernel, weight, g: _Geometry, impl: str = "auto"):
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
-        impl = choose_impl(x_pad.shape, g.kernel_size, g.out_size, jnp.dtype(x_pad.dtype).itemsize)
+        impl = choose_impl(x_pad.shape, g.window.kernel_size, g.window.out_size,
+                           jnp.dtype(x_pad.dtype).itemsize)
     out_dtype = jnp.result_type(x_pad, kernel, weight)
     dtype = compute_dtype(x_pad, kernel, weight)
     x_pad, kernel, weight = x_pad.astype(dtype), kernel.astype(dtype), weight.astype(dtype)
     if impl == "patches":
         y = _patches_product(x_pad, kernel, weight, g)
     else:
-        y = _loop_product(x_pad, kernel, weight, g)
+        if tiling is None:
+            tiling = choose_tiling("sum", batch=x_pad.shape[0], out_size=g.window.out_size,
+                                   channels=x_pad.shape[-1], itemsize=dtype.itemsize,
+                                   dense=g.dense)
+        y = _loop_product(x_pad, kernel, weight, g, tiling)
     return y.astype(out_dtype)
 
 
-def choose_impl(x_shape, kernel_size, out_size, itemsize=4) -> str:
-    """Pick ``patches`` for tiny problems, where it is cheapest, and ``loop`` otherwise."""
-    window_bytes = x_shape[0] * out_size[0] * out_size[1] * x_shape[-1] * kernel_size[0] \
-        * kernel_size[1] * itemsize
-    return "patches" if window_bytes <= _AUTO_PATCHES_MAX_BYTES else "loop"
-
-
-def _patches_product(x_pad, kernel, weight, g: _Geometry):
-    windows = geo.extract_windows(x_pad, g.kernel_size, g.out_size, g.stride, g.dilation)
+def _patches_product(x_pad, kernel, weight, g: _Product):
+    win = g.window
+    windows = geo.extract_windows(x_pad, win.kernel_size, win.out_size, win.tap_stride,
+                                  win.dilation)
     weighted = windows * (kernel if g.channel_wise else kernel[..., None])
     if g.dense:
         return jnp.einsum("bhwijc,ijco->bhwo", weighted, weight, precision=matmul_precision())
     return jnp.einsum("bhwijc,ij->bhwc", weighted, weight, precision=matmul_precision())
 
 
-def _loop_product(x_pad, kernel, weight, g: _Geometry):
-    taps = g.kernel_size[0] * g.kernel_size[1]
+def _loop_product(x_pad, kernel, weight, g: _Product, tiling: Tiling):
+    taps = g.window.taps
     kern = kernel.reshape(*kernel.shape[:3], taps, *kernel.shape[5:])
     kern = jnp.moveaxis(kern, 3, 0)                        # [T, B, Ho, Wo(, C)]
     if not g.channel_wise and not g.dense:
         kern = kern[..., None]           # per-channel sums take [T, B, Ho, Wo, 1 or C]
     w = weight.reshape(taps, *weight.shape[2:]) if g.dense else weight.reshape(taps, 1)
-    plan = tap_loop.Plan(g.kernel_size, g.out_size, g.dilation, g.stride, dense=g.dense,
-                         fused=False)
-    y, _ = tap_loop.window_sum(tap_loop.to_phases(x_pad, g.stride), kern, None, None, w, (), plan)
+    plan = tap_loop.Plan(g.window, dense=g.dense, fused=False)
+    y, _ = tap_loop.window_sum(tap_loop.to_phases(x_pad, g.window.tap_stride), kern, None, None,
+                               w, (), plan, tiling)
     return y

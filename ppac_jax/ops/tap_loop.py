@@ -38,40 +38,27 @@ from jax import lax
 
 from ppac_jax.ops import autodiff
 from ppac_jax.ops import geometry as geo
-from ppac_jax.ops.kernel import kernel_from_distance, tap_distance
+from ppac_jax.ops.kernel import KernelSpec
 from ppac_jax.ops.precision import matmul_precision
-
-# Taps handled per loop step (measured on a 2-core CPU with row strips).
-DEFAULT_GROUP = 0      # 0: one window row (see _steps)
-# Output strips are sized so that one strip of the input is about this big: the loop over taps
-# then runs on data that stays in cache (much faster than streaming whole images per tap on
-# CPU), and the backward pass's per-tap temporaries are strip-sized.
-STRIP_BYTES = 1 << 18
-# Planar strips are sized by the bytes of one strip of all source planes (measured).
-PLANAR_STRIP_BYTES = 1 << 20
-# Per-channel sums use planes from this many output pixels (B * Ho * Wo) on: below, the
-# channels-last program is as fast and compiles in about half the time.
-PLANAR_MIN_PIXELS = 64 * 64
+from ppac_jax.ops.tiling import Tiling
 
 
 class Plan(NamedTuple):
     """Static description of one window sum (hashable: the custom VJP's non-diff argument)."""
-    kernel_size: geo.Pair
-    out_size: geo.Pair
-    dilation: geo.Pair
-    stride: geo.Pair          # number of phases of every source
+    window: geo.Window        # sources have window.tap_stride phases; window.out_size outputs
     dense: bool               # weight [T, C, O]; otherwise per-channel [T, C or 1]
     fused: bool               # kernel computed from guide samples; otherwise given per tap
-    kernel_type: str = "gaussian"
-    asym: bool = False
+    kernel: KernelSpec = KernelSpec()   # fused: the kernel's formula
     with_sum: bool = False    # also return N = sum_t K_t v_t
-    centre_tap: int = -1      # fused without a centre array: the centre is this tap's guide
+    centre_tap: int = -1      # fused without a centre array: window.centre_tap (its guide)
     # fused gaussian: the centre array's last channel is a per-pixel shift m of the squared
     # distance, K_t = exp(-(d_t - m) / 2) (see window_min_distance)
     shifted: bool = False
-    rows: int = -1            # output rows per strip (0: no strips, -1: choose, see STRIP_BYTES)
-    group: int = DEFAULT_GROUP
-    planar: bool = False      # sources and results are tuples of per-channel planes (internal)
+    # set from the Tiling (window_sum): output rows per strip (0: none), taps per step (0: one
+    # window row), sources and results as tuples of per-channel planes
+    rows: int = 0
+    group: int = 0
+    planar: bool = False
     # ((top, bottom), (left, right)): the sources are given unpadded (stride 1 only) and zero
     # padded inside the custom VJP, whose backward accumulates their gradients unpadded: no
     # padded gradient buffers (and no padded copies held between forward and backward).
@@ -94,7 +81,7 @@ def _planes(a):
 to_phases = geo.phase_split
 
 
-def window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
+def window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, tiling: Tiling):
     """``(U, N)`` of the module docstring (``N`` is ``None`` unless ``plan.with_sum``).
 
     Args:
@@ -109,12 +96,14 @@ def window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
         (no centre-sized buffers, forward or backward).
       weight: ``[T, C, O]`` (dense) or ``[T, C or 1]``.
       params: ``()`` or ``(inv_alpha, inv_lambda)`` for ``kernel_type="inv"``.
+      tiling: strips, taps per step and layout (:func:`ppac_jax.ops.tiling.choose_tiling`
+        with ``op="sum"``); dense sums ignore ``tiling.planar``.
 
     Returns:
       ``U [B, Ho, Wo, O or C]`` and ``N [B, Ho, Wo, 1]`` or ``None``.
     """
-    batch = x_ph.shape[2]
-    if plan.dense or batch * plan.out_size[0] * plan.out_size[1] < PLANAR_MIN_PIXELS:
+    plan = plan._replace(rows=tiling.rows, group=tiling.group)
+    if plan.dense or not tiling.planar:
         return _strips(x_ph, ksrc, v_ph, centre, weight, params, plan._replace(planar=False))
     # Per-channel sums run on planes (see the module docstring); weights become [T, C or 1, 1].
     u, n = _strips(_planes(x_ph), _planes(ksrc), _planes(v_ph), _planes(centre),
@@ -124,21 +113,13 @@ def window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
 
 def _strips(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
     """:func:`window_sum` in the plan's layout, output rows in strips of ``plan.rows``."""
-    out_h, out_w = plan.out_size
+    out_h = plan.window.out_size[0]
     rows = plan.rows
-    if rows < 0:
-        leaves = jax.tree_util.tree_leaves((x_ph, ksrc if plan.fused else None))
-        if plan.planar:
-            row_bytes = sum(a.shape[2] * a.dtype.itemsize for a in leaves) * out_w
-            rows = max(8, PLANAR_STRIP_BYTES // row_bytes)
-        else:
-            row_bytes = x_ph.shape[2] * out_w * max(x_ph.shape[5], 8) * x_ph.dtype.itemsize
-            rows = max(8, STRIP_BYTES // row_bytes)
-    if rows == 0 or rows * 2 > out_h:
+    if rows == 0 or rows >= out_h:
         return _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan._replace(rows=0))
     # Every strip has `rows` rows; the last one is moved up to end at the last output row
     # (see _strip_start), so no source, kernel or output is padded to a whole number of strips.
-    need = out_h + _halo(plan)
+    need = out_h + plan.window.halo
 
     def pad_rows(tree, axis, size):
         def pad(a):
@@ -156,12 +137,8 @@ def _strips(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
     return _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan._replace(rows=rows))
 
 
-def _strip_count(plan: Plan):
-    return -(-plan.out_size[0] // plan.rows)
-
-
 def _strip_start(strip, plan: Plan):
-    return geo.strip_start(strip, plan.rows, plan.out_size[0])
+    return geo.strip_start(strip, plan.rows, plan.window.out_size[0])
 
 
 def _fresh_rows(cotangent, strip, start, plan: Plan):
@@ -172,11 +149,6 @@ def _fresh_rows(cotangent, strip, start, plan: Plan):
     def fresh(a):
         return jnp.where(keep.reshape(1, -1, *([1] * (a.ndim - 2))), a, jnp.zeros((), a.dtype))
     return _map(fresh, cotangent)
-
-
-def _halo(plan: Plan):
-    """Extra source rows (in phase units) a strip of output rows reads."""
-    return ((plan.kernel_size[0] - 1) * plan.dilation[0]) // plan.stride[0]
 
 
 def _rows(tree, axis, start, size):
@@ -201,8 +173,8 @@ def _rows_add(acc, update, axis, start, *, add=True):
 
 def _strip(x_ph, ksrc, v_ph, centre, start, plan: Plan):
     """The sources of output rows ``start .. start + plan.rows - 1`` and the strip's plan."""
-    span = plan.rows + _halo(plan)
-    inner = plan._replace(out_size=(plan.rows, plan.out_size[1]), rows=0, pads=())
+    span = plan.rows + plan.window.halo
+    inner = plan._replace(window=plan.window.strip(plan.rows), rows=0, pads=())
     rows = functools.partial(_padded_rows, plan=plan) if plan.pads else _rows
     ks = rows(ksrc, 3, start, span) if plan.fused else _rows(ksrc, 2, start, plan.rows)
     return (rows(x_ph, 3, start, span), ks, rows(v_ph, 3, start, span),
@@ -241,8 +213,7 @@ def _padded_rows(tree, axis, start, size, *, plan: Plan):
 def _tap_index(t, plan: Plan):
     """Start index of tap ``t`` (traced) in a phase-split source."""
     t = jnp.asarray(t, jnp.int32)
-    kw = plan.kernel_size[1]
-    ph, pw, row, col = geo.tap_phase_start((t // kw, t % kw), plan.stride, plan.dilation)
+    ph, pw, row, col = plan.window.tap_start(t)
     zero = jnp.zeros((), jnp.int32)
     index = (ph, pw, zero, row, col, zero)
     return index[:5] if plan.planar else index     # planes have no channel axis
@@ -251,7 +222,7 @@ def _tap_index(t, plan: Plan):
 def _window(src, t, plan: Plan):
     """Tap ``t``'s samples of a phase-split source: ``[B, Ho, Wo, C]`` (planes: ``[B, Ho, Wo]``)."""
     index = _tap_index(t, plan)
-    size = lambda a: (1, 1, a.shape[2], *plan.out_size, *a.shape[5:])
+    size = lambda a: (1, 1, a.shape[2], *plan.window.out_size, *a.shape[5:])
     return _map(lambda a: lax.dynamic_slice(a, index, size(a))[0, 0], src)
 
 
@@ -290,11 +261,10 @@ def _group_terms(xs, ks, vs, centre, ws, params, plan: Plan):
     for g, k_src in enumerate(ks):
         if plan.fused:
             if plan.shifted:
-                dist = _shifted(tap_distance(k_src, centre[..., :-1], asym=plan.asym),
-                                centre[..., -1])
+                dist = plan.kernel.distance(k_src, centre[..., :-1], centre[..., -1])
             else:
-                dist = tap_distance(k_src, centre, asym=plan.asym)
-            kern = kernel_from_distance(dist, plan.kernel_type, *params)[..., None]
+                dist = plan.kernel.distance(k_src, centre)
+            kern = plan.kernel.value(dist, params)[..., None]
         else:
             # A dense product's kernel may come without a channel axis: its per-tap gradient
             # then has the image width innermost (a trailing axis of 1 made XLA CPU's updates
@@ -320,13 +290,10 @@ def _group_terms_planar(xs, ks, vs, centre, ws, params, plan: Plan):
     kernels = []
     for g, k_src in enumerate(ks):
         if plan.fused:
-            # tap_distance per plane (channel_wise) summed over the planes: the one formula.
+            # the distance summed plane by plane: the one formula
             features = centre[:-1] if plan.shifted else centre
-            dist = add([tap_distance(f, c, asym=plan.asym, channel_wise=True)
-                        for f, c in zip(k_src, features)])
-            if plan.shifted:
-                dist = _shifted(dist, centre[-1])
-            kern = (kernel_from_distance(dist, plan.kernel_type, *params),)
+            dist = plan.kernel.distance(k_src, features, centre[-1] if plan.shifted else None)
+            kern = (plan.kernel.value(dist, params),)
         else:
             kern = k_src                       # one plane, or one per channel (channel-wise)
         if vs is not None:
@@ -338,17 +305,6 @@ def _group_terms_planar(xs, ks, vs, centre, ws, params, plan: Plan):
               for c in range(channels))
     n = (add([kern[0] for kern in kernels]),) if plan.with_sum else None
     return u, n
-
-
-def _shifted(dist, shift):
-    """``dist - shift``. Counted taps have ``dist >= shift`` up to rounding (no comparison here:
-    it would cut the gradient of the window's nearest tap); the floor only keeps taps the
-    minimum did not count, which the validity zeroes, from overflowing exp."""
-    return jnp.maximum(dist - shift, jnp.asarray(_SHIFT_FLOOR, dist.dtype))
-
-
-# exp(-_SHIFT_FLOOR / 2) = e^50 stays finite in float32 (as ops.kernel's cap)
-_SHIFT_FLOOR = -100.0
 
 
 def window_min_distance(guide_ph, v_ph, centre, plan: Plan):
@@ -370,25 +326,25 @@ def window_min_distance(guide_ph, v_ph, centre, plan: Plan):
     inf = jnp.asarray(jnp.inf, centre.dtype)
 
     def tap(t, low):
-        dist = tap_distance(_window(guide_ph, t, plan), centre, asym=plan.asym)
+        dist = plan.kernel.distance(_window(guide_ph, t, plan), centre)
         if v_ph is not None:
             dist = jnp.where(_window(v_ph, t, plan)[..., 0] > 0, dist, inf)
         return jnp.minimum(low, dist)
 
-    taps = plan.kernel_size[0] * plan.kernel_size[1]
+    taps = plan.window.taps
     low = lax.fori_loop(0, taps, tap, jnp.full(centre.shape[:3], inf))
     return jnp.where(jnp.isinf(low), jnp.zeros((), low.dtype), low)
 
 
 def _steps(plan: Plan):
     """``(number of full groups, size of the remainder group)``."""
-    taps = plan.kernel_size[0] * plan.kernel_size[1]
+    taps = plan.window.taps
     group = plan.group
     if group < 1:
         # Several taps per step amortise the per-step overhead and feed the dense product one
         # matmul over group * C channels (2x faster than one tap a step, measured); at most 3
         # keeps the step's temporaries (and so the op's memory) independent of the kernel size.
-        group = min(plan.kernel_size[1], 3) if plan.dense else plan.kernel_size[1]
+        group = min(plan.window.kernel_size[1], 3) if plan.dense else plan.window.kernel_size[1]
     group = min(group, taps)
     return group, taps // group, taps % group
 
@@ -429,18 +385,18 @@ def _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
         return (_rows_add(u, du, 1, start, add=False),
                 None if n is None else _rows_add(n, dn, 1, start, add=False))
 
-    return lax.fori_loop(0, _strip_count(plan), body, _zero_outputs(x_ph, weight, plan))
+    return lax.fori_loop(0, plan.window.strip_count(plan.rows), body, _zero_outputs(x_ph, weight, plan))
 
 
 def _zero_outputs(x_ph, weight, plan: Plan):
     """Zero ``(U, N)`` in the plan's layout (``N`` is ``None`` unless ``plan.with_sum``)."""
     if plan.planar:
-        plane = jnp.zeros((x_ph[0].shape[2], *plan.out_size), x_ph[0].dtype)
+        plane = jnp.zeros((x_ph[0].shape[2], *plan.window.out_size), x_ph[0].dtype)
         return tuple(plane for _ in x_ph), ((plane,) if plan.with_sum else None)
     batch, channels = x_ph.shape[2], x_ph.shape[5]
     out_channels = weight.shape[-1] if plan.dense else channels
-    u0 = jnp.zeros((batch, *plan.out_size, out_channels), x_ph.dtype)
-    n0 = jnp.zeros((batch, *plan.out_size, 1), x_ph.dtype) if plan.with_sum else None
+    u0 = jnp.zeros((batch, *plan.window.out_size, out_channels), x_ph.dtype)
+    n0 = jnp.zeros((batch, *plan.window.out_size, 1), x_ph.dtype) if plan.with_sum else None
     return u0, n0
 
 
@@ -532,7 +488,7 @@ def _window_sum_bwd(plan, residuals, cotangents):
         return (dx, dk, dc, dw + gw, jax.tree_util.tree_map(jnp.add, dp, gp))
 
     carry = (dx0, dk0, None if centre is None else zeros(centre), zeros(weight), zeros(params))
-    dx, dk, dc, dw, dp = lax.fori_loop(0, _strip_count(plan), body, carry)
+    dx, dk, dc, dw, dp = lax.fori_loop(0, plan.window.strip_count(plan.rows), body, carry)
     return dx, dk, dv, dc, dw, dp
 
 

@@ -126,26 +126,23 @@ def test_blur_pool_and_upsample_shapes():
 def test_banded_message_matches_pac_conv2d(shared):
     """The banded message (and its custom VJP) equals the PAC op (several bands, odd sizes)."""
     from ppac_jax.ops import crf as crf_ops
+    from ppac_jax.ops.tiling import Tiling
     rng = np.random.default_rng(3)
     q = jnp.asarray(rng.random((2, 37, 29, 4)))
     kern = jnp.asarray(rng.random((2, 37, 29, 3, 3)))
     w = jnp.asarray(rng.normal(size=(3, 3, 1, 1) if shared else (3, 3, 4, 4)))
     ct = jnp.asarray(rng.normal(size=(2, 37, 29, 4)))
 
-    def ours(a, b, c):
-        return crf_ops._pac_message(a, b, c, dilation=2, shared_filters=shared)
+    def ours(a, b, c):  # several bands and a padded last band
+        return crf_ops._pac_message(a, b, c, dilation=2, shared_filters=shared,
+                                    tiling=Tiling(rows=1, group=9))
 
     def ref(a, b, c):
         return ops.pac_conv2d(a, b, c, padding=2, dilation=2, shared_filters=shared,
                               impl="patches")
 
-    old = crf_ops._BAND_PIXELS
-    crf_ops._BAND_PIXELS = 100  # force several bands and a padded last band
-    try:
-        got, vjp = jax.vjp(ours, q, kern, w)
-        got_grads = vjp(ct)
-    finally:
-        crf_ops._BAND_PIXELS = old
+    got, vjp = jax.vjp(ours, q, kern, w)
+    got_grads = vjp(ct)
     want, vjp = jax.vjp(ref, q, kern, w)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-12)
     for a, b in zip(got_grads, vjp(ct)):

@@ -1,5 +1,6 @@
 """Fused PAC ops against the two-step path (pac_kernel + PAC op) and the golden vectors."""
 
+import functools
 import zlib
 
 import jax
@@ -8,6 +9,9 @@ import numpy as np
 import pytest
 
 from ppac_jax import ops
+from ppac_jax.ops import fused as fused_mod
+from ppac_jax.ops import pac as pac_mod
+from ppac_jax.ops.tiling import Tiling
 from tests import golden as G
 from tests.ops.test_ops_golden import _check_case, _kernel_options
 
@@ -132,10 +136,8 @@ def test_fused_transpose_matches_two_step(case):
     (False, 3, 2, 1, "inv", False), (True, 3, 1, 1, "inv", False),
     # per-channel sums on planes (large images take them; forced here)
     (True, 5, 1, 2, "gaussian", True), (True, 3, 2, 1, "inv", True)])
-def test_fused_prob_matches_two_step(shared, k, s, p, kt, planar, monkeypatch):
-    from ppac_jax.ops import tap_loop
-    if planar:
-        monkeypatch.setattr(tap_loop, "PLANAR_MIN_PIXELS", 0)
+def test_fused_prob_matches_two_step(shared, k, s, p, kt, planar):
+    tiling = Tiling(planar=True) if planar else None
     r, rng = _random(k * 10 + s + int(shared))
     b, h, w, c, o, depth = 2, 9, 8, 3, 4, 2
     x, guide = r(b, h, w, c), r(b, h, w, depth)
@@ -157,8 +159,9 @@ def test_fused_prob_matches_two_step(shared, k, s, p, kt, planar, monkeypatch):
                                    shared_filters=shared, impl="patches", **geom)
 
     def fused(x, conf, guide, weight, weight_norm, bias, alpha, lam):
-        return ops.fused_prob_pac_conv2d(x, conf, guide, weight, weight_norm, bias,
-                                         shared_filters=shared, **geom, **kw(alpha, lam))
+        return fused_mod._fused_prob_pac_conv2d(x, conf, guide, weight, weight_norm, bias,
+                                                shared_filters=shared, tiling=tiling, **geom,
+                                                **kw(alpha, lam))
 
     _compare(two_step, fused, (x, conf, guide, weight, weight_norm, bias, alpha, lam), seed=3)
 
@@ -238,12 +241,9 @@ def test_fused_golden(name):
     # ... and a strip with its halo (8 + 12 rows) taller than the image (17 rows)
     (5, 1, 6, 3, True, True, False, 17),
 ])
-def test_fused_row_strips_match_two_step(case, monkeypatch):
+def test_fused_row_strips_match_two_step(case):
     """Large outputs are processed in strips of rows; force small strips on a small problem."""
-    from ppac_jax.ops import tap_loop
-    monkeypatch.setattr(tap_loop, "STRIP_BYTES", 1)      # the minimum: 8 output rows a strip
-    monkeypatch.setattr(tap_loop, "PLANAR_STRIP_BYTES", 1)
-    monkeypatch.setattr(tap_loop, "PLANAR_MIN_PIXELS", 0)      # per-channel sums on planes
+    strips = Tiling(planar=True, rows=8)     # per-channel sums on planes
     k, s, p, d, shared, normalize, with_mask, h = case
     r, rng = _random(7 + k)
     b, w, c, o = 2, 9, 3, 2
@@ -257,23 +257,23 @@ def test_fused_row_strips_match_two_step(case, monkeypatch):
         return ops.pac_conv2d(x, kern, weight, shared_filters=shared, impl="patches", **geom)
 
     def fused(x, guide, weight):
-        y = ops.fused_pac_conv2d(x, guide, weight, shared_filters=shared, mask=mask,
-                                 normalize=normalize, **geom)
+        y = fused_mod._fused_pac_conv2d(x, guide, weight, shared_filters=shared, mask=mask,
+                                        normalize=normalize, tiling=strips, **geom)
         return y[0] if with_mask else y
 
     def loop(x, guide, weight):
         kern, _ = ops.pac_kernel(guide, k, mask=mask, normalize=normalize, **geom)
-        return ops.pac_conv2d(x, kern, weight, shared_filters=shared, impl="loop", **geom)
+        return pac_mod._pac_conv2d(x, kern, weight, shared_filters=shared, impl="loop",
+                                   tiling=strips, **geom)
 
     _compare(two_step, fused, (x, guide, weight), seed=8)
     _compare(two_step, loop, (x, guide, weight), seed=8)
 
 
 @pytest.mark.parametrize("s,d", [(1, 1), (2, 2)])
-def test_planar_loop_matches_patches(s, d, monkeypatch):
+def test_planar_loop_matches_patches(s, d):
     """impl="loop" per-channel sums on planes: shared filters, channel-wise kernels, pooling."""
-    from ppac_jax.ops import tap_loop
-    monkeypatch.setattr(tap_loop, "PLANAR_MIN_PIXELS", 0)
+    planes = Tiling(planar=True)
     r, _ = _random(40 + s)
     b, h, w, c, k = 2, 11, 9, 3, 3
     x, guide = r(b, h, w, c), r(b, h, w, c)
@@ -283,9 +283,11 @@ def test_planar_loop_matches_patches(s, d, monkeypatch):
         def run(x, guide, weight):
             kern, _ = ops.pac_kernel(guide, k, **geom)
             kern_cw, _ = ops.pac_kernel(guide, k, channel_wise=True, **geom)
-            return (ops.pac_conv2d(x, kern, weight, shared_filters=True, impl=impl, **geom),
-                    ops.pac_conv2d(x, kern_cw, weight, shared_filters=True, impl=impl, **geom),
-                    ops.pac_pool2d(x, kern_cw, kernel_size=k, impl=impl, **geom))
+            conv = functools.partial(pac_mod._pac_conv2d, shared_filters=True, impl=impl,
+                                     tiling=planes, **geom)
+            return (conv(x, kern, weight), conv(x, kern_cw, weight),
+                    pac_mod._pac_pool2d(x, kern_cw, kernel_size=k, impl=impl, tiling=planes,
+                                        **geom))
         return run
 
     _compare(ops_with("patches"), ops_with("loop"), (x, guide, r(k, k, 1, 1)), seed=41)

@@ -104,7 +104,8 @@ def test_phase_windows_match_tap_slice(stride, dilation, tap):
     """The loop engine's dynamic windows read the same samples as geometry.tap_slice."""
     k, out = (3, 3), (4, 5)
     a = jnp.arange(2 * 17 * 19 * 3, dtype=jnp.float32).reshape(2, 17, 19, 3)
-    plan = tap_loop.Plan(k, out, dilation, stride, dense=True, fused=True)
+    win = geo.Window(k, stride, (0, 0), dilation, (0, 0), False, a.shape[1:3], out)
+    plan = tap_loop.Plan(win, dense=True, fused=True)
     got = tap_loop._window(tap_loop.to_phases(a, stride), jnp.int32(tap), plan)
     want = geo.tap_slice(a, divmod(tap, k[1]), out, stride, dilation)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

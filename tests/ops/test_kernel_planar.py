@@ -1,9 +1,9 @@
 """The planar tap-loop path of ``ops.pac_kernel`` against the straightforward formula.
 
 The reference builds every tap with ``geometry.tap_slice`` on the channels-last guide and lets
-autodiff do the backward pass (the original implementation). Both run through the same
-``pac_kernel`` (validation, mask and normalisation are shared), so this checks exactly the
-planar core and its custom VJP: outputs and gradients for guide, smooth_kernel, inv_alpha and
+autodiff do the backward pass (the original implementation; ``pac_kernel`` with a channels-last
+``Tiling``). Both run through the same ``pac_kernel`` (validation, mask and normalisation are
+shared), so this checks exactly the planar core and its custom VJP: outputs and gradients for guide, smooth_kernel, inv_alpha and
 inv_lambda, in float64, over a seeded sweep of geometries and options.
 """
 
@@ -16,13 +16,14 @@ import pytest
 
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops import kernel as kernel_mod
+from ppac_jax.ops.tiling import Tiling
 
 
 def _reference_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_kernel,
                       kernel_type, asym, alpha, lam):
     padded = geo.pad_spatial(guide, pads)
-    centre = kernel_mod.centre_features(guide, padded, k, out_size, stride, d, guide_pad,
-                                        smooth_kernel)
+    win = geo.Window(k, stride, guide_pad, d, (0, 0), False, guide.shape[1:3], out_size)
+    centre = kernel_mod.centre_features(guide, padded, win, smooth_kernel)
     dist = jnp.stack([kernel_mod.tap_distance(geo.tap_slice(padded, tap, out_size, stride, d),
                                               centre, asym=asym)
                       for tap in geo.taps(k)], axis=3)
@@ -56,46 +57,36 @@ def _cases():
 
 
 @functools.lru_cache(maxsize=None)
-def _runner(static, planar):
-    """Jitted ``(guide, smooth, alpha, lam, mask, cot) -> (kernel, grads)`` for one case."""
+def _runner(static, rows):
+    """Jitted ``(guide, smooth, alpha, lam, mask, cot) -> (kernel, grads)`` for one case:
+    planar in strips of ``rows`` rows, or (``rows=0``) the channels-last reference."""
     k, s, p, d, op, transposed, kernel_type, asym, use_smooth, use_mask, normalize = static
+    tiling = Tiling(planar=True, rows=rows) if rows else Tiling(planar=False)
 
     def f(guide, smooth, alpha, lam, mask):
-        kern, out_mask = kernel_mod.pac_kernel(
+        kern, out_mask = kernel_mod._pac_kernel(
             guide, k, stride=s, padding=p, dilation=d, output_padding=op,
             transposed=transposed, kernel_type=kernel_type, asym=asym,
             inv_alpha=alpha if kernel_type == "inv" else None,
             inv_lambda=lam if kernel_type == "inv" else None,
             smooth_kernel=smooth if use_smooth else None,
-            normalize=normalize, mask=mask if use_mask else None)
+            normalize=normalize, mask=mask if use_mask else None, tiling=tiling)
         return kern, out_mask
 
     @jax.jit
     def run(guide, smooth, alpha, lam, mask, cot):
-        original = kernel_mod._planar_kernel
-        kernel_mod._planar_kernel = original if planar else _reference_kernel
-        try:
-            (kern, out_mask), vjp = jax.vjp(lambda *a: f(*a, mask), guide, smooth, alpha, lam)
-        finally:
-            kernel_mod._planar_kernel = original
+        (kern, out_mask), vjp = jax.vjp(lambda *a: f(*a, mask), guide, smooth, alpha, lam)
         cot_mask = None if out_mask is None else jnp.ones_like(out_mask)
         return kern, out_mask, vjp((cot, cot_mask))
 
     return run
 
 
-@pytest.fixture
-def small_strips(monkeypatch):
-    # A few output rows per strip, so that several strips and the moved-up last one are used.
-    monkeypatch.setattr(kernel_mod, "KERNEL_STRIP_BYTES", 1500)
-    monkeypatch.setattr(kernel_mod, "PLANAR_MIN_PIXELS", 0)   # small images take it too
-
-
 @pytest.mark.parametrize("case", _cases(), ids=lambda c: (
     f"{c['geometry'][0]}-s{c['geometry'][1]}-{'T' if c['geometry'][5] else 'C'}-"
     f"{c['kernel_type']}{'-asym' if c['asym'] else ''}{'-smooth' if c['smooth'] else ''}"
     f"{'-mask' if c['mask'] else ''}{'-norm' if c['normalize'] else ''}"))
-def test_planar_kernel_matches_reference(case, small_strips):
+def test_planar_kernel_matches_reference(case):
     k, s, p, d, op, transposed, in_size = case["geometry"]
     kp, sp, pp, dp, opp = (geo.as_pair(v, "") for v in (k, s, p, d, op))
     if transposed:
@@ -115,8 +106,10 @@ def test_planar_kernel_matches_reference(case, small_strips):
         transposed=transposed)[0], guide).shape
     cot = jax.random.normal(keys[3], shape, jnp.float64)
 
-    got = _runner(static, True)(guide, smooth, alpha, lam, mask, cot)
-    want = _runner(static, False)(guide, smooth, alpha, lam, mask, cot)
+    # A few output rows per strip, so that several strips and the moved-up last one are used.
+    rows = max(1, 1500 // (3 * 2 * shape[2] * 8))
+    got = _runner(static, rows)(guide, smooth, alpha, lam, mask, cot)
+    want = _runner(static, 0)(guide, smooth, alpha, lam, mask, cot)
     names = ["kernel", "output_mask", "d_guide", "d_smooth_kernel", "d_inv_alpha", "d_inv_lambda"]
     flat_got = [got[0], got[1], *got[2]]
     flat_want = [want[0], want[1], *want[2]]
@@ -129,14 +122,12 @@ def test_planar_kernel_matches_reference(case, small_strips):
     assert np.all(np.isfinite(np.asarray(got[2][0])))
 
 
-def test_strip_rows_cover_image(monkeypatch):
+def test_strip_rows_cover_image():
     """Strips of 3 rows over 7 rows: the last strip is moved up to rows 4..6."""
-    monkeypatch.setattr(kernel_mod, "KERNEL_STRIP_BYTES", 3 * 8 * 8 * 3)
-    monkeypatch.setattr(kernel_mod, "PLANAR_MIN_PIXELS", 0)
     guide = jax.random.normal(jax.random.PRNGKey(0), (1, 7, 8, 3), jnp.float64)
     ref = _reference_kernel(guide, [(1, 1), (1, 1)], (3, 3), (7, 8), (1, 1), (1, 1), (1, 1),
                             None, "gaussian", False, None, None)
-    got, _ = kernel_mod.pac_kernel(guide, 3, padding=1)
+    got, _ = kernel_mod._pac_kernel(guide, 3, padding=1, tiling=Tiling(planar=True, rows=3))
     np.testing.assert_allclose(got, ref, rtol=1e-12)
 
 

@@ -1,0 +1,90 @@
+"""How the loops of the ops walk an image: one explicit, hashable :class:`Tiling` per op call.
+
+:func:`choose_tiling` is the one place that picks it, from the backend and the shapes; every op
+chooses once at its top and passes the result down, and tests pass their own (small strips,
+planes on tiny images) to the ops' private twins (``_pac_conv2d(..., tiling=...)`` etc.).
+The numbers below were measured on 2-core CPUs and are used unchanged on every backend.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence
+
+
+class Tiling(NamedTuple):
+    """Static loop layout of one op.
+
+    Attributes:
+      planar: per-channel work on planes (one array per channel, no channel axis) instead of
+        channels-last arrays (ignored by dense products).
+      rows: output rows per strip (0: the whole output in one piece).
+      group: taps per loop step (0: the op's default; see :func:`choose_tiling`).
+    """
+    planar: bool = False
+    rows: int = 0
+    group: int = 0
+
+
+# Below this many output pixels (B * Ho * Wo) the channels-last programs are as fast as the
+# planar ones and compile in about half the time.
+_PLANAR_MIN_PIXELS = 64 * 64
+# Engine strips: one strip of the input (channels-last, channels padded to 8) is about this
+# many bytes, so the loop over taps runs on data that stays in cache ...
+_STRIP_BYTES = 1 << 18
+# ... or, on planes, one strip of all source planes (input and guide) is this big.
+_PLANAR_STRIP_BYTES = 1 << 20
+# pac_kernel strips: one tap's guide window (all channels) is about this big (8 rows of a
+# 1024-wide, 5-channel float32 guide; much larger strips fall out of cache, 2-3x slower).
+_KERNEL_STRIP_BYTES = 160 << 10
+# CRF message bands: a band's tap matrix [pixels, k*k*C] stays in cache.
+_BAND_PIXELS = 1024
+# CRF messages unroll the window rows (one GEMM over all taps) up to this kernel size.
+_UNROLL_MAX_K = 7
+# impl="auto" uses the patches product only while its window tensor stays this small (bytes).
+_AUTO_PATCHES_MAX_BYTES = 1 << 20
+
+
+def choose_tiling(op: str, *, batch: int, out_size: Sequence[int], kernel_size=(1, 1),
+                  channels: int = 1, guide_channels: int = 0, itemsize: int = 4,
+                  dense: bool = False, backend: Optional[str] = None) -> Tiling:
+    """The default tiling of one op.
+
+    Args:
+      op: ``"sum"`` (the tap-loop engine, :func:`ppac_jax.ops.tap_loop.window_sum`),
+        ``"kernel"`` (``pac_kernel``'s summed-distance kernel) or ``"message"`` (PAC-CRF
+        messages, "same" size).
+      batch, out_size: ``B`` and ``(Ho, Wo)`` of the op's output.
+      kernel_size: ``(kh, kw)``.
+      channels: input channels (``"sum"``, ``"kernel"``: the guide's ``D``).
+      guide_channels: guide channels read inside the loop (fused sums), else 0.
+      itemsize: bytes per element of the computation's dtype.
+      dense: a dense ``Cin x Cout`` product (``"sum"``), or a channel-wise kernel (``"kernel"``).
+      backend: ``jax.default_backend()`` when ``None`` (no backend-specific choice yet).
+    """
+    del backend  # every backend uses the CPU measurements for now
+    out_h, out_w = out_size
+    pixels = batch * out_h * out_w
+    if op == "sum":
+        planar = not dense and pixels >= _PLANAR_MIN_PIXELS
+        if planar:
+            rows = max(8, _PLANAR_STRIP_BYTES // ((channels + guide_channels) * batch * itemsize
+                                                  * out_w))
+        else:
+            rows = max(8, _STRIP_BYTES // (batch * out_w * max(channels, 8) * itemsize))
+        return Tiling(planar, 0 if rows * 2 > out_h else rows)
+    if op == "kernel":
+        planar = not dense and pixels >= _PLANAR_MIN_PIXELS
+        rows = max(1, _KERNEL_STRIP_BYTES // (channels * batch * out_w * itemsize))
+        return Tiling(planar, min(rows, out_h) if planar else 0, 1)
+    if op == "message":
+        k = kernel_size[0]
+        rows = min(out_h, max(1, _BAND_PIXELS // max(1, batch * out_w)))
+        return Tiling(False, rows, k * k if k <= _UNROLL_MAX_K else k)
+    raise ValueError(f"op must be 'sum', 'kernel' or 'message', got {op!r}")
+
+
+def choose_impl(x_shape, kernel_size, out_size, itemsize=4) -> str:
+    """``"patches"`` for tiny windowed products, where it is cheapest, else ``"loop"``."""
+    window_bytes = x_shape[0] * out_size[0] * out_size[1] * x_shape[-1] * kernel_size[0] \
+        * kernel_size[1] * itemsize
+    return "patches" if window_bytes <= _AUTO_PATCHES_MAX_BYTES else "loop"
