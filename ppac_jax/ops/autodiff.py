@@ -7,7 +7,8 @@ copies), so forward mode can simply differentiate the plain forward loop: JAX ca
 through ``lax.fori_loop`` without storing anything per step. :func:`custom_vjp` gives both, as
 one JAX "hi" primitive (``jax.experimental.hijax.VJPHiPrimitive``): reverse mode runs the given
 ``fwd`` / ``bwd`` exactly as ``jax.custom_vjp`` would, forward mode (``jax.jvp``,
-``jax.linearize``) runs ``jax.jvp`` of the undecorated function, ``vmap`` maps the whole call, and ``jit`` lowers the undecorated function.
+``jax.linearize``) runs ``jax.jvp`` of the undecorated function, ``vmap`` maps the whole call,
+and ``jit`` lowers the undecorated function (the same program as with ``jax.custom_vjp``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def _aval(x):
 
 class custom_vjp:  # named like the jax.custom_vjp it stands in for
     """``jax.custom_vjp`` with the same decorator surface (``nondiff_argnums``, ``defvjp``) whose
-    functions also support ``jax.jvp`` / ``jacfwd`` / ``hessian``.
+    functions also support ``jax.jvp`` / ``linearize`` / ``jacfwd`` / ``hessian``.
 
     ``fwd(*args) -> (out, residuals)`` and ``bwd(*nondiff_args, residuals, cotangent) ->
     gradients of the other arguments`` as for ``jax.custom_vjp``. Non-differentiable arguments
