@@ -19,7 +19,10 @@ Where the guide lives: the swapped layers of one model (and its ``guide_from`` l
 its value: model state, neither ``nnx.Param`` nor a buffer, so ``nnx.jit`` and ``jax.jit`` over
 ``nnx.split`` / ``nnx.merge`` take it as an input (a new guide is used without retracing; a new
 shape retraces), optimisers never see it and ``nnx.split(model, nnx.Param, ...)`` puts it in the
-rest. Its value is ``None`` until then, which has no leaves. A guide set inside a transformation
+rest (``ppac_jax.train.Trainer`` keeps the rest constant and does not checkpoint it; a state
+saved whole keeps the guide's shape, so set guides after restoring). Its value is ``None``
+until set, which has no leaves. Like any state, a function that closes over the model
+(``jax.jit(lambda x: model(x))``) bakes the guide in. A guide set inside a transformation
 (``set_guide`` inside ``nnx.jit``, ``jax.jit``, ``jax.vjp``, ``jax.vmap``, ``lax.scan``, ...) and
 the output of the ``guide_from`` layer are not state: they are held beside the variable for the
 trace that wrote them, read while it (or a trace nested in it) runs, and dropped after it has

@@ -257,8 +257,8 @@ def test_a_guide_set_outside_jit_is_an_input_of_the_compiled_function():
 def test_the_guide_variable_is_rest_state_without_leaves_until_set():
     """Neither a parameter nor a BatchNorm statistic (the Trainer's split): in the rest, which
     the Trainer keeps constant and does not checkpoint; None (no leaves) until set."""
-    net, x, g1, _ = _one_conv()
-    graphdef, params, stats, rest = nnx.split(net, nnx.Param, nn.BatchStat, ...)
+    net, _, g1, _ = _one_conv()
+    _, params, _, rest = nnx.split(net, nnx.Param, nn.BatchStat, ...)
     assert not any(isinstance(v, nn.Guide) for _, v in nnx.to_flat_state(params))
     assert [type(v) for _, v in nnx.to_flat_state(rest)] == [nn.Guide]
     assert jax.tree_util.tree_leaves(rest) == []
