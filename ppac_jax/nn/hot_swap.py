@@ -135,8 +135,9 @@ class HotSwappedPacConv2d(PacConv2d):
                 if self.guide_from is not None:
                     raise ValueError(
                         f"hot-swapped PAC layer has no guide: its guide layer "
-                        f"guide_from={self.guide_from!r} has not run before it in this call; "
-                        f"guide_from must name a layer that runs before the swapped layers")
+                        f"guide_from={self.guide_from!r} has not run before it in this call "
+                        f"(it runs after the swapped layer, or not at all); guide_from must "
+                        f"name a layer that runs before the swapped layers")
                 raise ValueError("hot-swapped PAC layer has no guide: a guide must be set "
                                  "before the call with nn.set_guide(model, guide) (a guide set "
                                  "inside jax.jit / jax.vjp / nnx.jit lasts for that trace only), "
