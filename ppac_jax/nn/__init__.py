@@ -6,7 +6,7 @@ from ppac_jax.nn.layers import (Buffer, Conv2d, NormalizedPacConv2d, PacConv2d,
                                 PacConvTranspose2d, PacPool2d, ProbPacConv2d, ReLU)
 from ppac_jax.nn.norm import BatchNorm2d, BatchStat
 from ppac_jax.nn.refine import PacNetAdvancedNormalization, PPacNet
-from ppac_jax.nn.hot_swap import GuideChannel, HotSwappedPacConv2d, hot_swap, set_guide
+from ppac_jax.nn.hot_swap import Guide, HotSwappedPacConv2d, hot_swap, set_guide
 from ppac_jax.nn.crf_models import (ModelWithConvCrf, ModelWithCrf, create_model, freeze,
                                     loose_state_dict, parse_model_name)
 from ppac_jax.nn.segment import ConvTranspose2d, FCN8s, FCN8sAltPad, FCN8sPac
@@ -33,7 +33,7 @@ __all__ = [
     "FCN8s",
     "FCN8sAltPad",
     "FCN8sPac",
-    "GuideChannel",
+    "Guide",
     "HotSwappedPacConv2d",
     "hot_swap",
     "set_guide",

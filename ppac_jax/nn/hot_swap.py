@@ -11,27 +11,38 @@ fine-tuning lets it learn to follow the guide. One line::
 or with a guide the caller supplies::
 
     model = nn.hot_swap(model, ["body.layers.2"])
-    nn.set_guide(model, image)              # before every call (inside jit, after nnx.merge)
+    nn.set_guide(model, image)              # before the call
     logits = model(x)
 
-How guides reach the swapped layers: the swapped layers of one model share one
-:class:`GuideChannel`, a plain Python side channel that is static in the NNX graph (not a
-variable: it is no part of the model's state, optimisers and state dicts never see it, and
-writing to it is legal in any JAX trace, e.g. inside ``jax.vjp`` of a merged module).
-``guide_from`` names a sub-module whose output is written to the channel whenever it runs (it
-must run before the swapped layers, in the same call); :func:`set_guide` writes it from outside.
-Each swapped layer bilinearly resizes the channel's guide to its input's resolution and
+Where the guide lives: the swapped layers of one model (and its ``guide_from`` layer) share one
+:class:`Guide` variable. A guide set with :func:`set_guide` outside any JAX transformation is
+its value: model state, neither ``nnx.Param`` nor a buffer, so ``nnx.jit`` and ``jax.jit`` over
+``nnx.split`` / ``nnx.merge`` take it as an input (a new guide is used without retracing; a new
+shape retraces), optimisers never see it and ``nnx.split(model, nnx.Param, ...)`` puts it in the
+rest (``ppac_jax.train.Trainer`` keeps the rest constant and does not checkpoint it; a state
+saved whole keeps the guide's shape, so set guides after restoring). Its value is ``None``
+until set, which has no leaves. Like any state, a function that closes over the model
+(``jax.jit(lambda x: model(x))``) bakes the guide in. A guide set inside a transformation
+(``set_guide`` inside ``nnx.jit``, ``jax.jit``, ``jax.vjp``, ``jax.vmap``, ``lax.scan``, ...) and
+the output of the ``guide_from`` layer are not state: they are held beside the variable for the
+trace that wrote them, read while it (or a trace nested in it) runs, and dropped after it has
+returned; they change neither the model's state nor its structure. ``guide_from`` names a
+sub-module whose output is the guide whenever it runs; it must run before the swapped layers, in
+the same call. Each swapped layer bilinearly resizes the guide to its input's resolution and
 multiplies it by ``guide_scale``.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
 from collections.abc import Iterable
 
 import jax
 import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
+from flax import errors as flax_errors
 from flax import nnx
 
 from ppac_jax.nn import fillers
@@ -39,85 +50,98 @@ from ppac_jax.nn.layers import Conv2d, PacConv2d, _numpy_rng
 from ppac_jax.ops.resample import resize_bilinear
 
 
-class GuideChannel:
-    """The guide ``[B, H, W, D]`` that the hot-swapped layers of one model read.
+class Guide(nnx.Variable):
+    """The guide ``[B, H, W, D]`` shared by the hot-swapped layers of one model.
 
-    Static in the NNX graph (hashable; all channels compare equal, so equal models keep equal
-    graph definitions); ``value`` is written during the forward pass (or by
-    :func:`set_guide`) and only read in the same trace. A guide written inside a JAX
-    transformation (``jax.jit``, ``jax.vjp``, ...) is a tracer that dies with it: reading the
-    channel outside that transformation (after it has returned, or in another one) gives
-    ``None`` and drops the tracer, so a swapped layer reports a missing guide instead of JAX's
-    leaked-tracer error. Nested transformations inside the one that set it read it normally.
+    A variable that is neither ``nnx.Param`` nor :class:`~ppac_jax.nn.Buffer` /
+    :class:`~ppac_jax.nn.BatchStat`: optimisers skip it and ``nnx.split(model, nnx.Param,
+    BatchStat, ...)`` puts it in the rest (``ppac_jax.train.Trainer`` keeps the rest constant and
+    does not checkpoint it). Its value is the guide that :func:`set_guide` assigned outside any
+    JAX transformation, or ``None`` (no leaves), so jit sees it as an input. A guide set inside
+    a transformation, and the output of a ``guide_from`` layer, are held beside the value for the
+    trace that wrote them only (:meth:`current` reads them while that trace or one nested in it
+    runs); they are no part of the state and every copy (``nnx.clone``, ``nnx.merge``) starts
+    without them.
     """
 
-    __slots__ = ("_value",)
+    __slots__ = ("_scoped",)
 
-    def __init__(self):
-        self._value = None
+    def set_scoped(self, guide) -> None:
+        """Hold ``guide`` for the current JAX trace only (not state)."""
+        with jax.extend.core.take_current_trace() as trace:
+            object.__setattr__(self, "_scoped", (trace, guide))
 
-    @property
-    def value(self):
-        """The guide, or ``None`` when none was set or it was set in a finished trace."""
-        if _is_dead_tracer(self._value):
-            self._value = None
-        return self._value
+    def clear_scoped(self) -> None:
+        object.__setattr__(self, "_scoped", None)
 
-    @value.setter
-    def value(self, guide):
-        self._value = guide
+    def scoped(self):
+        """The guide held for a trace that is still running (the current one or one it is
+        nested in), else ``None``; a guide of a finished trace is dropped."""
+        try:
+            entry = object.__getattribute__(self, "_scoped")
+        except AttributeError:
+            return None
+        if entry is None:
+            return None
+        if _is_live(entry[0]):
+            return entry[1]
+        self.clear_scoped()
+        return None
 
-    def __hash__(self):
-        return hash(GuideChannel)
-
-    def __eq__(self, other):
-        return isinstance(other, GuideChannel)
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def __repr__(self):
-        return "GuideChannel()"
+    def current(self):
+        """The guide a swapped layer uses now: :meth:`scoped`, else the value (or ``None``)."""
+        scoped = self.scoped()
+        return self.get_value() if scoped is None else scoped
 
 
-def _is_dead_tracer(value) -> bool:
-    """Whether ``value`` is a tracer whose trace is neither the current JAX trace nor one it is
-    nested in, i.e. the transformation that made it has returned (a leaked tracer)."""
-    if not isinstance(value, jax.core.Tracer):
-        return False
-    own = getattr(value, "_trace", None)
-    if own is None:                # a JAX without the attribute: JAX's own error applies
-        return False
+def _is_live(trace) -> bool:
+    """Whether ``trace`` is the current JAX trace or one the current trace is nested in."""
+    with jax.extend.core.take_current_trace() as current:
+        while current is not None:
+            if current is trace:
+                return True
+            current = getattr(current, "parent_trace", None)
+    return False
+
+
+def _outside_transformations() -> bool:
+    """Whether no JAX transformation is being traced (the current trace is the top one)."""
     with jax.extend.core.take_current_trace() as trace:
-        while trace is not None:
-            if trace is own:
-                return False
-            trace = getattr(trace, "parent_trace", None)
-    return True
+        return getattr(trace, "parent_trace", None) is None
 
 
 class HotSwappedPacConv2d(PacConv2d):
-    """A :class:`~ppac_jax.nn.PacConv2d` that reads its guide from a shared :class:`GuideChannel`.
+    """A :class:`~ppac_jax.nn.PacConv2d` whose guide is its model's shared :class:`Guide`.
 
-    Call: ``layer(x [B, H, W, Cin])`` uses the channel's guide (resized to ``(H, W)`` when its size
-    differs, times ``guide_scale``); ``layer(x, guide)`` / ``layer(x, kernel=K)`` as
-    ``PacConv2d`` (an explicit guide is used as given). Raises ``ValueError`` when no guide
-    was set, or the guide was set inside a JAX transformation that has returned since.
+    Call: ``layer(x [B, H, W, Cin])`` uses the guide (:meth:`Guide.current`; resized bilinearly
+    to ``(H, W)`` when its size differs, times ``guide_scale``); ``layer(x, guide)`` /
+    ``layer(x, kernel=K)`` as ``PacConv2d`` (an explicit guide is used as given). Raises
+    ``ValueError`` when there is no guide (none set, or set inside a JAX transformation that has
+    returned since; with ``guide_from``: that layer has not run before this one in this call) or
+    its batch differs from ``x``'s.
     """
 
-    def __init__(self, *args, guide_channel: GuideChannel, guide_scale: float = 1.0, **kwargs):
+    def __init__(self, *args, guide_variable: Guide, guide_scale: float = 1.0,
+                 guide_from: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.guide_channel = guide_channel
+        self.hot_swap_guide = guide_variable
         self.guide_scale = float(guide_scale)
+        self.guide_from = guide_from
 
     def __call__(self, x, guide=None, *, kernel=None, mask=None):
         if guide is None and kernel is None:
-            guide = self.guide_channel.value
+            guide = self.hot_swap_guide.current()
             if getattr(guide, "ndim", None) != 4:
+                if self.guide_from is not None:
+                    raise ValueError(
+                        f"hot-swapped PAC layer has no guide: its guide layer "
+                        f"guide_from={self.guide_from!r} has not run before it in this call "
+                        f"(it runs after the swapped layer, or not at all); guide_from must "
+                        f"name a layer that runs before the swapped layers")
                 raise ValueError("hot-swapped PAC layer has no guide: a guide must be set "
-                                 "before the call, with nn.set_guide(model, guide) in the same "
-                                 "trace as the call (a guide set inside jax.jit / jax.vjp does "
-                                 "not outlive it), or hot_swap(..., guide_from=...)")
+                                 "before the call with nn.set_guide(model, guide) (a guide set "
+                                 "inside jax.jit / jax.vjp / nnx.jit lasts for that trace only), "
+                                 "or use hot_swap(..., guide_from=...)")
             if guide.shape[0] != x.shape[0]:
                 raise ValueError(f"guide batch {guide.shape[0]} != input batch {x.shape[0]}")
             if guide.shape[1:3] != x.shape[1:3]:
@@ -131,14 +155,15 @@ _TAP_CLASSES: dict = {}
 
 
 def _tap_class(cls):
-    """A subclass of ``cls`` whose call also writes its output to ``self.guide_tap``.
+    """A subclass of ``cls`` whose call also holds its output as the guide of
+    ``self.hot_swap_guide`` for the current trace (:meth:`Guide.set_scoped`, not state).
 
     One class per base class (cached), so equal models have equal graph definitions.
     """
     if cls not in _TAP_CLASSES:
         def __call__(self, *args, **kwargs):
             out = cls.__call__(self, *args, **kwargs)
-            self.guide_channel.value = out
+            self.hot_swap_guide.set_scoped(out)
             return out
 
         _TAP_CLASSES[cls] = type(f"GuideTap_{cls.__name__}", (cls,),
@@ -232,32 +257,44 @@ def hot_swap(model, layer_names: Iterable[str], *, guide_from: str | None = None
       layer_names: dotted paths of its convolutions (``nn.Conv2d`` or 2-D ``nnx.Conv``), as
         state-dict names without the variable: ``"conv3_3"``, ``"body.layers.2"``,
         ``"blocks.0.conv"``. An empty selection returns the model unchanged.
+        Children of an ``nnx.Sequential`` are ``"<name>.layers.<i>"``; ``nnx.List`` items
+        ``"<name>.<i>"``.
       guide_from: dotted path of a sub-module whose output is the guide (e.g. ``"relu2_2"``);
-        it must run before the swapped layers. ``None``: the caller sets the guide with
-        :func:`set_guide` before each call.
-      guide_scale: factor applied to the guide after resizing (FCN8sPac: ``1e-4``).
+        it must run before the swapped layers, in the same call. ``None``: the caller sets the
+        guide with :func:`set_guide`.
+      guide_scale: a finite number, the factor applied to the guide after resizing (FCN8sPac:
+        ``1e-4``).
       kernel_type, normalize_kernel, impl: of the new :class:`~ppac_jax.nn.PacConv2d` layers.
       keep_weights: copy weight and bias (the paper's recipe); ``False`` gives the ``uniform``
         filler instead (drawn from ``rngs``).
-      rngs: for ``keep_weights=False``.
+      rngs: the generator for ``keep_weights=False``; ``None`` uses the fixed default
+        ``nnx.Rngs(0)``, so every call without ``rngs`` draws the same weights. Unused when
+        ``keep_weights`` is true.
       inplace: modify ``model`` instead of a copy (``nnx.clone``).
 
     Returns:
       The model (a copy unless ``inplace``) whose selected layers are
       :class:`HotSwappedPacConv2d` with the same attribute names, so state-dict names
-      (``conv3_3.weight``) and parameter values are kept. With a constant guide and the
+      (``conv3_3.weight``) and parameter values are kept; they share one :class:`Guide`
+      variable (reused when ``model`` already has hot-swapped layers). With a constant guide and the
       Gaussian kernel the adapting kernel is 1 and the model computes what it computed before.
 
     Raises:
-      ValueError: a name that is not a sub-module of ``model`` (the message names it), a
-        layer that is not a supported convolution, an unknown ``guide_from``, or a name given
-        twice.
+      ValueError: a name that is not a sub-module of ``model`` (the message names it and
+        convolutions with close names), a layer that is not a supported convolution, an unknown
+        ``guide_from``, a name given twice, or a ``guide_scale`` that is not a finite number.
     """
     if isinstance(layer_names, str):
         layer_names = [layer_names]
     names = list(layer_names)
     if len(set(names)) != len(names):
         raise ValueError(f"layer_names has duplicates: {names}")
+    try:
+        guide_scale = float(guide_scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"guide_scale must be a finite number, got {guide_scale!r}") from None
+    if not math.isfinite(guide_scale):
+        raise ValueError(f"guide_scale must be a finite number, got {guide_scale!r}")
     if not names and guide_from is None:
         return model if inplace else nnx.clone(model)
     if not inplace:
@@ -265,11 +302,16 @@ def hot_swap(model, layer_names: Iterable[str], *, guide_from: str | None = None
     nodes = _nodes(model)
     for name in names:
         if name not in nodes:
-            raise ValueError(f"hot_swap: model {type(model).__name__} has no layer {name!r}")
+            convs = [n for n, (_, _, node) in nodes.items()
+                     if isinstance(node, (Conv2d, nnx.Conv)) and not isinstance(node, PacConv2d)]
+            close = difflib.get_close_matches(name, convs, n=3, cutoff=0.5)
+            hint = f" (close: {', '.join(map(repr, close))})" if close else ""
+            raise ValueError(f"hot_swap: model {type(model).__name__} has no layer "
+                             f"{name!r}{hint}")
     if guide_from is not None and guide_from not in nodes:
         raise ValueError(f"hot_swap: guide_from={guide_from!r} is not a layer of "
                          f"{type(model).__name__}")
-    channel = _find_channel(model) or GuideChannel()
+    guide_variable = _find_guide(model) or Guide(None)
     rng = None
     for name in names:
         parent, key, conv = nodes[name]
@@ -279,7 +321,8 @@ def hot_swap(model, layer_names: Iterable[str], *, guide_from: str | None = None
                                   dilation=dilation, bias=bias is not None,
                                   kernel_type=kernel_type, normalize_kernel=normalize_kernel,
                                   rngs=nnx.Rngs(0), param_dtype=dtype, impl=impl,
-                                  guide_channel=channel, guide_scale=guide_scale)
+                                  guide_variable=guide_variable, guide_scale=guide_scale,
+                                  guide_from=guide_from)
         if keep_weights:
             pac.weight.set_value(weight[...])
             if bias is not None:
@@ -299,7 +342,7 @@ def hot_swap(model, layer_names: Iterable[str], *, guide_from: str | None = None
             raise ValueError(f"hot_swap: guide_from={guide_from!r} is not a module")
         if names and not any(isinstance(source, cls) for cls in _TAP_CLASSES.values()):
             source.__class__ = _tap_class(type(source))
-            source.guide_channel = channel
+            source.hot_swap_guide = guide_variable
     return model
 
 
@@ -310,35 +353,56 @@ def _replace(parent, key, new):
         setattr(parent, key, new)
 
 
-def _channels(model) -> dict:
-    found = {}
+def _guides(model) -> tuple[dict, list]:
+    """``({id: Guide}, [guide_from layers])`` of the hot-swapped layers of ``model``."""
+    found, taps = {}, []
     for _, node in nnx.iter_graph(model):
-        channel = getattr(node, "guide_channel", None)
-        if isinstance(node, nnx.Module) and isinstance(channel, GuideChannel):
-            found[id(channel)] = channel
-    return found
+        guide = getattr(node, "hot_swap_guide", None) if isinstance(node, nnx.Module) else None
+        if isinstance(guide, Guide):
+            if isinstance(node, HotSwappedPacConv2d):
+                found[id(guide)] = guide
+            else:
+                taps.append(node)
+    return found, taps
 
 
-def _find_channel(model) -> GuideChannel | None:
-    return next(iter(_channels(model).values()), None)
+def _find_guide(model) -> Guide | None:
+    return next(iter(_guides(model)[0].values()), None)
 
 
 def set_guide(model, guide) -> None:
-    """Give the hot-swapped layers of ``model`` the guide ``[B, H, W, D]`` for the next call.
+    """Give the hot-swapped layers of ``model`` the guide ``[B, H, W, D]``.
 
     Each layer resizes it (bilinear) to its own input resolution and applies its
-    ``guide_scale``. Works inside ``jax.jit`` on a merged module.
+    ``guide_scale``. Outside any JAX transformation the guide becomes the value of the model's
+    :class:`Guide` variable: it stays until replaced, copies (``nnx.clone``) keep their own,
+    and ``nnx.jit`` / ``jax.jit`` over ``nnx.split`` + ``nnx.merge`` take it as an input, so
+    each call uses the guide set last. Inside a transformation (e.g. in the function that
+    ``nnx.jit``, ``jax.jit``, ``jax.vjp``, ``jax.vmap`` or ``lax.scan`` traces) it lasts for
+    that trace only and changes neither the model's state nor its structure.
 
     Raises:
-      ValueError: ``model`` has no hot-swapped layer, or ``guide`` is not 4-D.
+      ValueError: ``model`` has no hot-swapped layer, its guide comes from a ``guide_from``
+        layer, or ``guide`` is not 4-D.
     """
-    channels = _channels(model)
-    if not channels:
+    guides, taps = _guides(model)
+    if not guides:
         raise ValueError("set_guide: the model has no hot-swapped PAC layer")
+    if taps:
+        raise ValueError(f"set_guide: the model's guide is the output of its "
+                         f"{type(taps[0]).__name__} layer (hot_swap(..., guide_from=...)); "
+                         f"a guide set here would be replaced by it")
     if getattr(guide, "ndim", None) != 4:
         raise ValueError(f"guide must be [B, H, W, D], got shape {getattr(guide, 'shape', None)}")
-    for channel in channels.values():
-        channel.value = guide
+    for variable in guides.values():
+        if _outside_transformations() and not isinstance(guide, jax.core.Tracer):
+            try:
+                variable.set_value(jnp.asarray(guide))
+                variable.clear_scoped()
+                continue
+            except flax_errors.TraceContextError:
+                pass
+        variable.set_scoped(guide)
 
 
-__all__ = ["GuideChannel", "HotSwappedPacConv2d", "hot_swap", "set_guide"]
+__all__ = ["Guide", "HotSwappedPacConv2d", "hot_swap", "set_guide"]

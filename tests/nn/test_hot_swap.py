@@ -1,5 +1,7 @@
 """nn.hot_swap: PAC layers swapped into any NNX model (FCN8sPac and an unrelated small CNN)."""
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,6 +105,40 @@ def test_bad_selection_names_the_layer(cnn):
         nn.hot_swap(cnn, ["body.0"], guide_from="nope")
     with pytest.raises(ValueError, match="no guide"):
         nn.hot_swap(cnn, ["body.0"])(_x())
+    with pytest.raises(ValueError, match="guide_scale must be a finite number, got 'a'"):
+        nn.hot_swap(cnn, ["body.0"], guide_scale="a")
+    with pytest.raises(ValueError, match="guide_scale"):
+        nn.hot_swap(cnn, ["body.0"], guide_scale=float("nan"))
+
+
+def test_guide_from_a_later_layer_says_so(cnn):
+    """``head`` runs after ``body.0``: the error names guide_from and the order, and the
+    guide of a guide_from model cannot be set by hand."""
+    late = nn.hot_swap(cnn, ["body.0"], guide_from="head")
+    with pytest.raises(ValueError, match="guide_from='head' has not run before it"):
+        late(_x())
+    with pytest.raises(ValueError, match="guide_from"):
+        nn.set_guide(late, _x((2, 12, 14, 2)))
+
+
+def test_sequential_paths_as_in_the_readme():
+    """README: a child of an ``nnx.Sequential`` is ``"<name>.layers.<i>"``; ``"body.2"`` gets
+    an error that points at it."""
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.body = nnx.Sequential(
+                nnx.Conv(3, 4, (3, 3), padding=1, param_dtype=jnp.float64, rngs=rngs),
+                jax.nn.relu,
+                nnx.Conv(4, 4, (3, 3), padding=1, param_dtype=jnp.float64, rngs=rngs))
+
+        def __call__(self, x):
+            return self.body(x)
+
+    model = Net(nnx.Rngs(0))
+    with pytest.raises(ValueError, match="no layer 'body.2' \\(close: 'body.layers.2'"):
+        nn.hot_swap(model, ["body.2"])
+    swapped = nn.hot_swap(model, ["body.layers.2"])
+    assert isinstance(swapped.body.layers[2], nn.HotSwappedPacConv2d)
 
 
 def test_guide_from_an_inner_layer(cnn):
@@ -143,17 +179,15 @@ def test_reproduces_fcn8spac():
 
 
 def test_guide_set_inside_jit_does_not_leak_into_eager_calls(cnn):
-    """issue 15: a guide set inside a jitted call is a tracer that dies with it; an eager call
-    without a new guide gets one clear ValueError (not JAX's leaked-tracer error) and the dead
-    tracer is dropped; a concrete guide set outside works in eager and jitted calls."""
+    """issue 15: a guide set inside a jitted call lasts for that trace only: it is not written
+    to the model's state, an eager call without a new guide gets one clear ValueError (not
+    JAX's leaked-tracer error); a concrete guide set outside works in eager and jitted calls."""
     model = nn.hot_swap(cnn, ["body.0"])
     x, guide = _x(), _x((2, 12, 14, 2), seed=1)
     jitted = np.asarray(_apply_guided(model, x, guide))
-    channel = nn.hot_swap.__globals__["_find_channel"](model)
-    assert isinstance(channel._value, jax.core.Tracer)      # what the jitted call left behind
+    assert jax.tree_util.tree_leaves(nnx.state(model, nn.Guide)) == []
     with pytest.raises(ValueError, match="guide must be set before the call"):
         model(x)
-    assert channel._value is None
     nn.set_guide(model, guide)                               # concrete: usable under jit
     np.testing.assert_allclose(np.asarray(_apply(model, x)), jitted, rtol=1e-12, atol=1e-12)
 
@@ -175,3 +209,96 @@ def test_guide_set_in_an_outer_trace_is_readable_in_an_inner_one(cnn):
     nn.set_guide(model, guide * 2.0)
     np.testing.assert_allclose(np.asarray(y), np.asarray(model(x)), rtol=1e-12, atol=1e-12)
     assert np.all(np.isfinite(np.asarray(g))) and float(jnp.abs(g).max()) > 0
+
+
+# ------------------------------------------------ the guide is state (issue: a frozen guide)
+
+
+class OneConv(nnx.Module):
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(3, 4, (3, 3), padding=1, param_dtype=jnp.float64, rngs=rngs)
+
+    def __call__(self, x):
+        return self.conv(x)
+
+
+@jax.jit
+def _merged_apply(graphdef, params, rest, x):
+    return nnx.merge(graphdef, params, rest)(x)
+
+
+def _one_conv():
+    net = nn.hot_swap(OneConv(nnx.Rngs(0)), ["conv"])
+    x, g1, g2 = _x((2, 8, 8, 3), seed=5), _x((2, 8, 8, 2), seed=6), _x((2, 8, 8, 2), seed=7)
+    return net, x, g1, g2
+
+
+def _expected(net, x, guide):
+    """The swapped layer with the guide passed explicitly (eager): no shared guide involved."""
+    return np.asarray(net.conv(x, guide))
+
+
+def test_a_guide_set_outside_jit_is_an_input_of_the_compiled_function():
+    net, x, g1, g2 = _one_conv()
+    e1, e2 = _expected(net, x, g1), _expected(net, x, g2)
+    assert np.abs(e1 - e2).max() > 1e-2                      # the two guides do differ
+    for guide, expected in ((g1, e1), (g2, e2), (g1, e1)):
+        nn.set_guide(net, guide)
+        np.testing.assert_allclose(np.asarray(_apply(net, x)), expected, rtol=1e-12, atol=1e-12)
+        graphdef, params, rest = nnx.split(net, nnx.Param, ...)
+        np.testing.assert_allclose(np.asarray(_merged_apply(graphdef, params, rest, x)),
+                                   expected, rtol=1e-12, atol=1e-12)
+    # shapes are checked for every guide: a new shape is traced again
+    nn.set_guide(net, _x((3, 8, 8, 2)))
+    with pytest.raises(ValueError, match="guide batch 3 != input batch 2"):
+        _apply(net, x)
+
+
+def test_the_guide_variable_is_rest_state_without_leaves_until_set():
+    """Neither a parameter nor a BatchNorm statistic (the Trainer's split): in the rest, which
+    the Trainer keeps constant and does not checkpoint; None (no leaves) until set."""
+    net, _, g1, _ = _one_conv()
+    _, params, _, rest = nnx.split(net, nnx.Param, nn.BatchStat, ...)
+    assert not any(isinstance(v, nn.Guide) for _, v in nnx.to_flat_state(params))
+    assert [type(v) for _, v in nnx.to_flat_state(rest)] == [nn.Guide]
+    assert jax.tree_util.tree_leaves(rest) == []
+    nn.set_guide(net, g1)
+    rest = nnx.split(net, nnx.Param, nn.BatchStat, ...)[3]
+    assert [leaf.shape for leaf in jax.tree_util.tree_leaves(rest)] == [g1.shape]
+
+
+def test_copies_have_their_own_guide():
+    net, x, g1, g2 = _one_conv()
+    nn.set_guide(net, g1)
+    kept = nnx.clone(net)                    # a copy keeps the guide it had
+    c, d = nnx.clone(net), copy.deepcopy(net)
+    nn.set_guide(c, g2)
+    nn.set_guide(d, g2)
+    nn.set_guide(net, g2)
+    nn.set_guide(c, g1)
+    e1, e2 = _expected(net, x, g1), _expected(net, x, g2)
+    np.testing.assert_allclose(np.asarray(c(x)), e1, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(d(x)), e2, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(kept(x)), e1, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(net(x)), e2, rtol=1e-12, atol=1e-12)
+
+
+def test_a_guide_set_inside_vjp_vmap_scan_lasts_for_that_trace():
+    """set_guide inside jax.vjp / jax.vmap / lax.scan on a model made outside them: used there,
+    and the guide set outside is back afterwards."""
+    net, x, g1, g2 = _one_conv()
+    e1, e2 = _expected(net, x, g1), _expected(net, x, g2)
+    nn.set_guide(net, g1)
+
+    def guided(g, x):
+        nn.set_guide(net, g)
+        return net(x)
+
+    y, pullback = jax.vjp(guided, g2, x)
+    np.testing.assert_allclose(np.asarray(y), e2, rtol=1e-12, atol=1e-12)
+    assert float(jnp.abs(pullback(jnp.ones_like(y))[0]).max()) > 0
+    y = jax.vmap(lambda g, x: guided(g[None], x[None])[0])(g2, x)
+    np.testing.assert_allclose(np.asarray(y), e2, rtol=1e-12, atol=1e-12)
+    _, y = jax.lax.scan(lambda c, gx: (c, guided(gx[0][None], gx[1][None])[0]), 0, (g2, x))
+    np.testing.assert_allclose(np.asarray(y), e2, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(net(x)), e1, rtol=1e-12, atol=1e-12)
