@@ -137,7 +137,8 @@ class PacCRF(nnx.Module):
             ``crf_pool``).
           pairwise_weight: initial pairwise weight (``potts`` uses its negative).
         """
-        term = crf_ops.make_term(kernel_size, dilation, blur, compat_type, spatial_filter)
+        term = crf_ops.make_term(kernel_size, dilation=dilation, blur=blur,
+                                 compat_type=compat_type, spatial_filter=spatial_filter)
         c, k = self.channels, term.kernel_size
         dtype = self.param_dtype
         key = jax.random.fold_in(jax.random.key(self.seed), len(self.terms))

@@ -78,7 +78,8 @@ def parse_pairwise(spec) -> PairwiseSpec:
                          f"(expected 4d, 2d, 0d or na, optionally + 's'; the original runs other "
                          f"codes as a fixed anti-Potts term, which ppac-jax does not support)")
     k, d, b = (int(p) for p in parts[1:])
-    ops.make_term(k, d, b, _CODES[code[:2]], code.endswith("s"))   # validates the numbers
+    ops.make_term(k, dilation=d, blur=b, compat_type=_CODES[code[:2]],
+                  spatial_filter=code.endswith("s"))   # validates the numbers
     return PairwiseSpec(code, k, d, b)
 
 
@@ -271,7 +272,7 @@ class ModelWithConvCrf(nnx.Module):
     def edge_features(self, x) -> list:
         b, h, w = x.shape[:3]
         return [ops.yxrgb_features(x, yx_scale=80.0, rgb_scale=13.0),
-                ops.position_features((h, w), 3.0, batch=b)]
+                ops.position_features((h, w), scales=3.0, batch=b)]
 
     def __call__(self, x, out_crop: Sequence[int] | None = None):
         if getattr(x, "ndim", None) != 4 or x.shape[-1] != 3:

@@ -91,7 +91,7 @@ class TermParams(NamedTuple):
     compat: Any = None
 
 
-def make_term(kernel_size, dilation=1, blur=1, compat_type="4d",
+def make_term(kernel_size, *, dilation=1, blur=1, compat_type="4d",
               spatial_filter=True) -> PairwiseTerm:
     """Validated :class:`PairwiseTerm` (raises ``ValueError`` naming the bad argument)."""
     if isinstance(kernel_size, bool) or not isinstance(kernel_size, (int, np.integer)) \
@@ -110,7 +110,7 @@ def make_term(kernel_size, dilation=1, blur=1, compat_type="4d",
 # edge features
 
 
-def position_features(shape, scales=None, *, batch: int = 1):
+def position_features(shape, *, scales=None, batch: int = 1):
     """Pixel coordinates ``[y, x]`` divided by ``scales`` (the original ``create_position_feats``).
 
     Args:
@@ -162,7 +162,7 @@ def yxrgb_features(image, *, yx_scale=None, rgb_scale=None, scales=None):
         yx_scale, rgb_scale = scales[:2], scales[2:]
     elif yx_scale is None or rgb_scale is None:
         raise ValueError("yxrgb_features needs yx_scale and rgb_scale (or scales)")
-    pos = position_features(image.shape[1:3], yx_scale, batch=image.shape[0])
+    pos = position_features(image.shape[1:3], scales=yx_scale, batch=image.shape[0])
     colour = image * _inverse_scales(rgb_scale, image.shape[-1], "rgb_scale")
     dtype = jnp.result_type(pos, colour)
     return jnp.concatenate([pos.astype(dtype), colour.astype(dtype)], axis=-1)

@@ -76,7 +76,7 @@ def resize_bilinear(x, size: Sequence[int], *, align_corners: bool = False):
     return _resize_axis(_resize_axis(x, 1, h, align_corners), 2, w, align_corners)
 
 
-def max_pool_ceil(x, window: int = 2, stride: int = 2):
+def max_pool_ceil(x, *, window: int = 2, stride: int = 2):
     """Max pooling ``window x window`` / ``stride`` with PyTorch ``ceil_mode=True`` (no padding).
 
     ``x`` ``[B, H, W, C]`` -> ``[B, ceil((H - window) / stride) + 1, ..., C]``; a window that hangs

@@ -47,7 +47,7 @@ def _edge_inputs(g):
         def edge(leaves):
             img = leaves["in_image"]
             return [ops.yxrgb_features(img, yx_scale=80.0, rgb_scale=13.0),
-                    ops.position_features(img.shape[1:3], 3.0, batch=img.shape[0])]
+                    ops.position_features(img.shape[1:3], scales=3.0, batch=img.shape[0])]
         return {"in_image": G.nchw(g["in_image"])}, edge
     if "in_edge_feat" in g:
         return {"in_edge_feat": G.nchw(g["in_edge_feat"])}, lambda lv: lv["in_edge_feat"]

@@ -16,7 +16,7 @@ float32 (its dispatch does not depend on the dtype).
 
 bfloat16 works for every op and transform here (values within 2e-2 and gradients within 5e-2
 of max|ref|; ops compute half precision in float32 inside). Optional arguments that are not
-keyword-only today are listed in POSITIONAL_TODAY (xfail, strict).
+keyword-only would be listed in POSITIONAL_TODAY (xfail, strict); none are.
 """
 
 from __future__ import annotations
@@ -336,11 +336,7 @@ RECORDS = {"PairwiseTerm", "TermParams"}
 
 
 # Not keyword-only yet: (name) -> why it was left.
-POSITIONAL_TODAY = {
-    "make_term": "ppac_jax/nn/crf.py and nn/crf_models.py pass the options positionally",
-    "position_features": "ppac_jax/nn/crf_models.py passes scales positionally",
-    "max_pool_ceil": "ops/resample.py: window and stride are positional",
-}
+POSITIONAL_TODAY: dict = {}  # none left
 
 
 @pytest.mark.parametrize("name", [

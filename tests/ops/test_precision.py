@@ -167,7 +167,7 @@ def _cases():
     kernels = [None if not t.has_edge_kernel else
                _positive(13, B, -(-8 // t.blur), -(-9 // t.blur), t.kernel_size, t.kernel_size)
                for t in terms]
-    cases["position_features"] = [("", lambda s: ops.position_features((8, 9), s), (jnp.ones(2, _F),))]
+    cases["position_features"] = [("", lambda s: ops.position_features((8, 9), scales=s), (jnp.ones(2, _F),))]
     cases["yxrgb_features"] = [("", lambda im: ops.yxrgb_features(im, yx_scale=8.0, rgb_scale=0.5), (image,))]
     cases["blur_pool"] = [("", lambda v: ops.blur_pool(v, 2), (q,))]
     cases["blur_upsample"] = [("", lambda v: ops.blur_upsample(v, 2, (8, 9)), (q[:, :4, :5],))]
@@ -184,7 +184,7 @@ def _cases():
     cases["pac_crf"] = [("", lambda u, f, ps: ops.pac_crf(u, f, terms, ps, num_steps=2),
                          (jnp.log(q), feats, params))]
     cases["resize_bilinear"] = [("", lambda v: ops.resize_bilinear(v, (13, 7)), (q,))]
-    cases["max_pool_ceil"] = [("", lambda v: ops.max_pool_ceil(v, 2, 2), (q,))]
+    cases["max_pool_ceil"] = [("", lambda v: ops.max_pool_ceil(v, window=2, stride=2), (q,))]
     return cases
 
 

@@ -41,7 +41,7 @@ def test_resize_bilinear_upsampling_equals_jax_image_resize():
 
 def test_max_pool_ceil_keeps_partial_windows():
     x = jnp.asarray(np.random.default_rng(2).standard_normal((1, 5, 6, 2)))
-    got = np.asarray(ops.max_pool_ceil(x, 2, 2))
+    got = np.asarray(ops.max_pool_ceil(x, window=2, stride=2))
     assert got.shape == (1, 3, 3, 2)
     for i in range(3):
         for j in range(3):
