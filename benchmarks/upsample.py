@@ -75,7 +75,7 @@ def table(rows, args, load):
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         unit = "RMSE (m)" if r["metric"] == "rmse" else "EPE (px)"
-        change = 100 * (r["value"] - r["bilinear"]) / r["bilinear"]
+        change = round(100 * (r["value"] - r["bilinear"]) / r["bilinear"], 1) + 0.0  # no -0.0
         lines.append(f"| {r['task']} | x{r['factor']} | {r['name']} | {unit} {r['value']:.4f} | "
                      f"{change:+.1f}% | {r['train_s']:.0f} | {r['train_cpu_s']:.0f} | "
                      f"{r['parameters']:,} |")
