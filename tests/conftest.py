@@ -1,7 +1,19 @@
-"""Test configuration: float64 for golden comparisons, and the location of ../shared."""
+"""Test configuration: float64 for golden comparisons, the location of ../shared, and one XLA
+compilation cache for the whole run."""
 
-import jax
-import pytest
+import os
+import tempfile
+
+# One persistent XLA compilation cache shared by the pytest workers and the experiments'
+# subprocess runs (smoke, kill-and-resume and notebook runs compile many of the same programs).
+# Set before jax is imported so that subprocesses inherit it; a caller's own setting wins.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"ppac-jax-tests-xla-{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
