@@ -4,10 +4,8 @@ bad input, and the released Pascal checkpoint on the shipped VOC sample."""
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from experiments.train_segmentation import main as train_segmentation
 from ppac_jax import convert
 from tests import golden
 from tests.data.test_segmentation import voc_folder
+from tests.subprocess_runs import kill_after_checkpoint, logged_losses
 
 ROOT = str(golden.REPO)
 TOL = 1e-5
@@ -40,18 +39,8 @@ def _run(workdir, *args, devices=None):
                           text=True, timeout=600, cwd=ROOT)
 
 
-def _losses(workdir):
-    rows = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            if "train/loss" in row:
-                rows[row["step"]] = row["train/loss"]  # a resumed run re-logs: keep the last
-    return np.array([rows[k] for k in sorted(rows)])
-
-
 def _assert_same_run(a, b):
-    la, lb = _losses(a), _losses(b)
+    la, lb = logged_losses(a), logged_losses(b)
     assert la.shape == lb.shape == (6,)
     np.testing.assert_allclose(lb, la, rtol=TOL, atol=TOL)
     sa = json.loads((a / "summary.json").read_text())
@@ -108,21 +97,7 @@ def test_sigkill_then_rerun_resumes_to_the_uninterrupted_result(reference, tmp_p
     proc = subprocess.Popen(_cmd(work, *SMOKE), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, cwd=ROOT)
     ckdir = work / "checkpoints"
-    deadline = time.time() + 300
-    steps = []
-    try:
-        while time.time() < deadline:
-            steps = [int(s) for s in (os.listdir(ckdir) if ckdir.is_dir() else []) if s.isdigit()
-                     and (ckdir / s / "commit_success.txt").exists()]
-            if steps:
-                break
-            assert proc.poll() is None, "training ended before it could be killed"
-            time.sleep(0.02)
-        else:
-            pytest.fail("no checkpoint appeared")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    steps = kill_after_checkpoint(proc, ckdir, min_step=0, poll=0.02)
     assert max(steps) < 6
     r = _run(work, *SMOKE)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -3,16 +3,15 @@ evaluation-only baselines, kill-and-resume and 4 simulated devices (subprocesses
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from experiments.train_upsample import main as train_upsample
 from tests import golden
+from tests.subprocess_runs import kill_after_checkpoint
 from tests.train.test_train_distributed import _assert_same, _env
 
 ROOT = str(golden.REPO)
@@ -123,20 +122,7 @@ def test_sigkill_then_rerun_resumes_to_same_parameters(reference, tmp_path):
     proc = subprocess.Popen(_helper(work, extra=["--step_sleep", "0.5"]), env=_env(1),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     ckdir = work / "checkpoints"
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline:
-            steps = [int(s) for s in (os.listdir(ckdir) if ckdir.is_dir() else []) if s.isdigit()
-                     and (ckdir / s / "commit_success.txt").exists()]
-            if steps and max(steps) >= 2:
-                break
-            assert proc.poll() is None, "training ended before it could be killed"
-            time.sleep(0.1)
-        else:
-            pytest.fail("no checkpoint appeared")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    steps = kill_after_checkpoint(proc, ckdir, min_step=2, poll=0.1)
     assert max(steps) < STEPS
     out = tmp_path / "params.npz"
     r = subprocess.run(_helper(work, out), env=_env(1), capture_output=True, text=True,

@@ -6,19 +6,17 @@ A tiny refinement net (tests/train_helper.py) trains on small synthetic scenes:
 * 2 processes joined with jax.distributed give the same as 1 process.
 """
 
-import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from ppac_jax.data.datasets import synthetic_flow_dataset
 from tests import golden
+from tests.subprocess_runs import kill_after_checkpoint, logged_losses
 
 ROOT = str(golden.REPO)
 STEPS = 4
@@ -39,23 +37,13 @@ def _helper(data, workdir, out=None, steps=STEPS, extra=()):
     return cmd
 
 
-def _losses(workdir):
-    rows = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            if "train/loss" in row:
-                rows[row["step"]] = row["train/loss"]  # a resumed run re-logs: keep the last
-    return np.array([rows[k] for k in sorted(rows)])
-
-
 def _params(path):
     with np.load(path) as f:
         return [f[k] for k in sorted(f.files, key=lambda s: int(s.split("_")[1]))]
 
 
 def _assert_same(a_dir, a_out, b_dir, b_out):
-    la, lb = _losses(a_dir), _losses(b_dir)
+    la, lb = logged_losses(a_dir), logged_losses(b_dir)
     assert la.shape == (STEPS,) and lb.shape == (STEPS,)
     np.testing.assert_allclose(lb, la, rtol=TOL, atol=TOL)
     pa, pb = _params(a_out), _params(b_out)
@@ -84,7 +72,7 @@ def reference(data, tmp_path_factory):
 
 def test_losses_decrease_and_files_written(reference):
     workdir, out = reference
-    losses = _losses(workdir)
+    losses = logged_losses(workdir)
     assert np.all(np.isfinite(losses))
     assert losses[-1] < losses[0]
     assert os.path.isdir(os.path.join(workdir, "checkpoints", str(STEPS)))
@@ -105,20 +93,7 @@ def test_sigkill_then_rerun_resumes_to_same_parameters(data, reference, tmp_path
     proc = subprocess.Popen(_helper(data, work, extra=["--step_sleep", "0.5"]), env=_env(1),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckdir = work / "checkpoints"
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline:
-            steps = [int(s) for s in (os.listdir(ckdir) if ckdir.is_dir() else []) if s.isdigit()
-                     and (ckdir / s / "commit_success.txt").exists()]
-            if steps and max(steps) >= 2:
-                break
-            assert proc.poll() is None, "training ended before it could be killed"
-            time.sleep(0.1)
-        else:
-            pytest.fail("no checkpoint appeared")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    steps = kill_after_checkpoint(proc, ckdir, min_step=2, poll=0.1)
     killed_at = max(steps)
     assert killed_at < STEPS
     out = tmp_path / "params.npz"

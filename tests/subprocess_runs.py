@@ -1,0 +1,44 @@
+"""Helpers shared by the tests that train in a subprocess: read its logged losses, and kill it
+(SIGKILL) once a checkpoint is committed."""
+
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+
+def logged_losses(workdir):
+    """``train/loss`` per step from ``workdir/metrics.jsonl`` (a resumed run re-logs some steps:
+    the last value of a step is kept)."""
+    rows = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            row = json.loads(line)
+            if "train/loss" in row:
+                rows[row["step"]] = row["train/loss"]
+    return np.array([rows[k] for k in sorted(rows)])
+
+
+def kill_after_checkpoint(proc, ckdir, *, min_step=0, poll=0.1, timeout=300):
+    """SIGKILL ``proc`` once Orbax has committed a checkpoint of step >= ``min_step`` under
+    ``ckdir``; returns the committed steps seen. Fails the test if the run ends first or no
+    checkpoint appears within ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    steps = []
+    try:
+        while time.time() < deadline:
+            steps = [int(s) for s in (os.listdir(ckdir) if ckdir.is_dir() else []) if s.isdigit()
+                     and (ckdir / s / "commit_success.txt").exists()]
+            if steps and max(steps) >= min_step:
+                break
+            assert proc.poll() is None, "training ended before it could be killed"
+            time.sleep(poll)
+        else:
+            pytest.fail("no checkpoint appeared")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return steps
