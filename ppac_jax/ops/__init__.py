@@ -8,7 +8,7 @@ from ppac_jax.ops.crf import (PairwiseTerm, TermParams, blur_pool, blur_upsample
                               mean_field_step, pac_crf, position_features, yxrgb_features)
 from ppac_jax.ops.fused import (fused_pac_conv2d, fused_pac_conv_transpose2d,
                                 fused_prob_pac_conv2d)
-from ppac_jax.ops.kernel import pac_kernel
+from ppac_jax.ops.adapting_kernel import pac_kernel
 from ppac_jax.ops.pac import pac_conv2d, pac_conv_transpose2d, pac_pool2d
 from ppac_jax.ops.prob import normalized_pac_conv2d, prob_pac_conv2d
 from ppac_jax.ops.resample import max_pool_ceil, resize_bilinear

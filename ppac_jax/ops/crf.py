@@ -30,7 +30,8 @@ from jax import lax
 
 from ppac_jax.ops import autodiff
 from ppac_jax.ops import geometry as geo
-from ppac_jax.ops.kernel import compute_dtype, pac_kernel
+from ppac_jax.ops.adapting_kernel import pac_kernel
+from ppac_jax.ops.kernel import compute_dtype
 from ppac_jax.ops.precision import matmul_precision
 from ppac_jax.ops.tiling import choose_tiling
 

@@ -16,7 +16,8 @@ from jax import lax
 
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops import tap_loop
-from ppac_jax.ops.kernel import KernelSpec, centre_features, compute_dtype, kernel_spec
+from ppac_jax.ops.adapting_kernel import centre_features
+from ppac_jax.ops.kernel import KernelSpec, compute_dtype, kernel_spec
 from ppac_jax.ops.pac import _add_bias, _check_weight
 from ppac_jax.ops.precision import matmul_precision
 from ppac_jax.ops.tiling import choose_tiling

@@ -63,6 +63,9 @@ class Plan(NamedTuple):
     # padded inside the custom VJP, whose backward accumulates their gradients unpadded: no
     # padded gradient buffers (and no padded copies held between forward and backward).
     pads: tuple = ()
+    # "write the kernel out": the result is the kernel itself, tap-major [T, B, Ho, Wo] (fused,
+    # planar; no input, weight or validity): pac_kernel's contraction (window_kernel)
+    kernel_out: bool = False
 
 
 def _map(fn, *trees):
@@ -111,6 +114,25 @@ def window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, tiling: Til
     return jnp.stack(u, axis=-1), (None if n is None else n[0][..., None])
 
 
+def window_kernel(guide_ph, centre, params, plan: Plan, tiling: Tiling):
+    """The adapting kernel of summed feature distances, tap-major: ``[T, B, Ho, Wo]``.
+
+    The engine with the "write the kernel out" contraction: each step writes its taps' kernel
+    values (the gaussian's exponent when ``plan.kernel.log_domain``) instead of summing them
+    into a product. ``guide_ph``: padded guide phases ``[sh, sw, B, Hq, Wq, D]``; ``centre``
+    as in :func:`window_sum`. Always planar; ``tiling.rows`` and ``tiling.group`` apply.
+    """
+    plan = plan._replace(fused=True, dense=False, with_sum=False, planar=True, kernel_out=True,
+                         rows=tiling.rows, group=tiling.group)
+    (kern,), _ = _strips(None, _planes(guide_ph), None, _planes(centre), None, params, plan)
+    return kern
+
+
+def _out_axis(plan: Plan) -> int:
+    """The output rows' axis: 1 of ``[B, Ho, Wo(, C)]``, or 2 of a written-out kernel."""
+    return 2 if plan.kernel_out else 1
+
+
 def _strips(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
     """:func:`window_sum` in the plan's layout, output rows in strips of ``plan.rows``."""
     out_h = plan.window.out_size[0]
@@ -142,12 +164,15 @@ def _strip_start(strip, plan: Plan):
 
 
 def _fresh_rows(cotangent, strip, start, plan: Plan):
-    """The cotangent rows of a strip with the rows an earlier strip already covered (the
-    moved-up last strip's overlap) zeroed: ``[B, rows, ...]``."""
+    """The cotangent rows of a strip (on :func:`_out_axis`) with the rows an earlier strip
+    already covered (the moved-up last strip's overlap) zeroed."""
     keep = geo.strip_fresh_rows(strip, start, plan.rows)
+    axis = _out_axis(plan)
 
     def fresh(a):
-        return jnp.where(keep.reshape(1, -1, *([1] * (a.ndim - 2))), a, jnp.zeros((), a.dtype))
+        shape = [1] * a.ndim
+        shape[axis] = -1
+        return jnp.where(keep.reshape(shape), a, jnp.zeros((), a.dtype))
     return _map(fresh, cotangent)
 
 
@@ -286,6 +311,10 @@ def _group_terms(xs, ks, vs, centre, ws, params, plan: Plan):
 def _group_terms_planar(xs, ks, vs, centre, ws, params, plan: Plan):
     """:func:`_group_terms` on planes: ``xs[g]``, ``ks[g]`` (guide or kernel planes),
     ``vs[g]`` are tuples of ``[B, Ho, Wo]``; ``ws`` is ``[G, C or 1, 1]``."""
+    if plan.kernel_out:
+        log = plan.kernel.log_domain
+        values = [plan.kernel.value(plan.kernel.distance(k, centre), params, log=log) for k in ks]
+        return (jnp.stack(values),), None
     add = lambda items: functools.reduce(jnp.add, items)
     kernels = []
     for g, k_src in enumerate(ks):
@@ -382,14 +411,18 @@ def _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
         du, dn = _taps_forward(*sources, weight, params, inner)
         u, n = carry
         # Written, not added: the moved-up last strip rewrites its overlap with equal values.
-        return (_rows_add(u, du, 1, start, add=False),
+        return (_rows_add(u, du, _out_axis(plan), start, add=False),
                 None if n is None else _rows_add(n, dn, 1, start, add=False))
 
-    return lax.fori_loop(0, plan.window.strip_count(plan.rows), body, _zero_outputs(x_ph, weight, plan))
+    return lax.fori_loop(0, plan.window.strip_count(plan.rows), body,
+                         _zero_outputs(x_ph, ksrc, weight, plan))
 
 
-def _zero_outputs(x_ph, weight, plan: Plan):
+def _zero_outputs(x_ph, ksrc, weight, plan: Plan):
     """Zero ``(U, N)`` in the plan's layout (``N`` is ``None`` unless ``plan.with_sum``)."""
+    if plan.kernel_out:
+        return (jnp.zeros((plan.window.taps, ksrc[0].shape[2], *plan.window.out_size),
+                          ksrc[0].dtype),), None
     if plan.planar:
         plane = jnp.zeros((x_ph[0].shape[2], *plan.window.out_size), x_ph[0].dtype)
         return tuple(plane for _ in x_ph), ((plane,) if plan.with_sum else None)
@@ -401,13 +434,15 @@ def _zero_outputs(x_ph, weight, plan: Plan):
 
 
 def _taps_forward(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
-    u0, n0 = _zero_outputs(x_ph, weight, plan)
+    u0, n0 = _zero_outputs(x_ph, ksrc, weight, plan)
 
     def step(t0, size, carry):
         xs, ks, vs, ws = _gather(x_ph, ksrc, v_ph, weight, t0, size, plan)
         c = _centre(ksrc, centre, plan)
         du, dn = _group_terms(xs, ks, vs, c, ws, params, plan)
         u, n = carry
+        if plan.kernel_out:
+            return _rows_add(u, du, 0, t0, add=False), None
         return _map(jnp.add, u, du), (None if dn is None else _map(jnp.add, n, dn))
 
     return _over_taps(step, plan, (u0, n0))[0]
@@ -474,8 +509,8 @@ def _window_sum_bwd(plan, residuals, cotangents):
         dx, dk, dc, dw, dp = carry
         start = _strip_start(strip, plan)
         sources, inner = _strip(x_in, ksrc_in, v_in, centre, start, plan)
-        cts = tuple(_fresh_rows(_rows(ct, 1, start, plan.rows), strip, start, plan)
-                    for ct in cotangents)
+        cts = tuple(_fresh_rows(_rows(ct, _out_axis(plan), start, plan.rows), strip, start,
+                                plan) for ct in cotangents)
         gx, gk, gc, gw, gp = _taps_backward(*sources, weight, params, inner, cts)
         if unpadded:
             dx = _unpadded_add(dx, gx, start, plan)
@@ -485,7 +520,7 @@ def _window_sum_bwd(plan, residuals, cotangents):
             dx = _rows_add(dx, gx, 3, start)
             dk = _rows_add(dk, gk, 3 if plan.fused else 2, start)
         dc = _rows_add(dc, gc, 1, start)
-        return (dx, dk, dc, dw + gw, jax.tree_util.tree_map(jnp.add, dp, gp))
+        return dx, dk, dc, _map(jnp.add, dw, gw), _map(jnp.add, dp, gp)
 
     carry = (dx0, dk0, None if centre is None else zeros(centre), zeros(weight), zeros(params))
     dx, dk, dc, dw, dp = lax.fori_loop(0, plan.window.strip_count(plan.rows), body, carry)
@@ -500,7 +535,10 @@ def _taps_backward(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, cotange
         xs, ks, vs, ws = _gather(x_ph, ksrc, v_ph, weight, t0, size, plan)
         terms = lambda xs, ks, c, ws, p: _group_terms(xs, ks, vs, c, ws, p, plan)
         _, vjp = jax.vjp(terms, xs, ks, _centre(ksrc, centre, plan), ws, params)
-        gx, gk, gc, gw, gp = vjp(cotangents)
+        if plan.kernel_out:     # the cotangent of the taps this step wrote
+            gx, gk, gc, gw, gp = vjp((_rows(cotangents[0], 0, t0, size), None))
+        else:
+            gx, gk, gc, gw, gp = vjp(cotangents)
         for g in range(size):
             dx = _window_add(dx, gx[g], t0 + g, plan)
             if plan.fused:

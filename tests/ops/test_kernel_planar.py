@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from ppac_jax.ops import geometry as geo
+from ppac_jax.ops import adapting_kernel
 from ppac_jax.ops import kernel as kernel_mod
 from ppac_jax.ops.tiling import Tiling
 
@@ -23,7 +24,7 @@ def _reference_kernel(guide, pads, k, out_size, stride, d, guide_pad, smooth_ker
                       kernel_type, asym, alpha, lam):
     padded = geo.pad_spatial(guide, pads)
     win = geo.Window(k, stride, guide_pad, d, (0, 0), False, guide.shape[1:3], out_size)
-    centre = kernel_mod.centre_features(guide, padded, win, smooth_kernel)
+    centre = adapting_kernel.centre_features(guide, padded, win, smooth_kernel)
     dist = jnp.stack([kernel_mod.tap_distance(geo.tap_slice(padded, tap, out_size, stride, d),
                                               centre, asym=asym)
                       for tap in geo.taps(k)], axis=3)
@@ -52,19 +53,21 @@ def _cases():
             smooth=bool(rng.integers(2)),
             mask=bool(i % 2 == 1),
             normalize=bool(i % 3 == 2),
+            group=i % 2,            # one tap a step (the default tiling) or one window row
             seed=int(rng.integers(1 << 30))))
     return cases
 
 
 @functools.lru_cache(maxsize=None)
-def _runner(static, rows):
+def _runner(static, rows, group=0):
     """Jitted ``(guide, smooth, alpha, lam, mask, cot) -> (kernel, grads)`` for one case:
-    planar in strips of ``rows`` rows, or (``rows=0``) the channels-last reference."""
+    planar in strips of ``rows`` rows and ``group`` taps a step, or (``rows=0``) the
+    channels-last reference."""
     k, s, p, d, op, transposed, kernel_type, asym, use_smooth, use_mask, normalize = static
-    tiling = Tiling(planar=True, rows=rows) if rows else Tiling(planar=False)
+    tiling = Tiling(planar=True, rows=rows, group=group) if rows else Tiling(planar=False)
 
     def f(guide, smooth, alpha, lam, mask):
-        kern, out_mask = kernel_mod._pac_kernel(
+        kern, out_mask = adapting_kernel._pac_kernel(
             guide, k, stride=s, padding=p, dilation=d, output_padding=op,
             transposed=transposed, kernel_type=kernel_type, asym=asym,
             inv_alpha=alpha if kernel_type == "inv" else None,
@@ -101,14 +104,14 @@ def test_planar_kernel_matches_reference(case):
     alpha, lam = jnp.asarray(0.2, jnp.float64), jnp.asarray(-0.6, jnp.float64)
     static = (kp, sp, pp, dp, opp, transposed, case["kernel_type"], case["asym"],
               case["smooth"], case["mask"], case["normalize"])
-    shape = jax.eval_shape(lambda g: kernel_mod.pac_kernel(
+    shape = jax.eval_shape(lambda g: adapting_kernel.pac_kernel(
         g, kp, stride=sp, padding=pp, dilation=dp, output_padding=opp,
         transposed=transposed)[0], guide).shape
     cot = jax.random.normal(keys[3], shape, jnp.float64)
 
     # A few output rows per strip, so that several strips and the moved-up last one are used.
     rows = max(1, 1500 // (3 * 2 * shape[2] * 8))
-    got = _runner(static, rows)(guide, smooth, alpha, lam, mask, cot)
+    got = _runner(static, rows, case["group"])(guide, smooth, alpha, lam, mask, cot)
     want = _runner(static, 0)(guide, smooth, alpha, lam, mask, cot)
     names = ["kernel", "output_mask", "d_guide", "d_smooth_kernel", "d_inv_alpha", "d_inv_lambda"]
     flat_got = [got[0], got[1], *got[2]]
@@ -127,7 +130,7 @@ def test_strip_rows_cover_image():
     guide = jax.random.normal(jax.random.PRNGKey(0), (1, 7, 8, 3), jnp.float64)
     ref = _reference_kernel(guide, [(1, 1), (1, 1)], (3, 3), (7, 8), (1, 1), (1, 1), (1, 1),
                             None, "gaussian", False, None, None)
-    got, _ = kernel_mod._pac_kernel(guide, 3, padding=1, tiling=Tiling(planar=True, rows=3))
+    got, _ = adapting_kernel._pac_kernel(guide, 3, padding=1, tiling=Tiling(planar=True, rows=3))
     np.testing.assert_allclose(got, ref, rtol=1e-12)
 
 
