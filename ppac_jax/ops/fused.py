@@ -17,7 +17,7 @@ from jax import lax
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops import tap_loop
 from ppac_jax.ops.adapting_kernel import centre_features
-from ppac_jax.ops.kernel import KernelSpec, compute_dtype, kernel_spec
+from ppac_jax.ops.kernel import compute_dtype, kernel_spec
 from ppac_jax.ops.pac import _add_bias, _check_weight
 from ppac_jax.ops.precision import matmul_precision
 from ppac_jax.ops.tiling import choose_tiling
@@ -57,15 +57,10 @@ def _fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilat
                       inv_lambda=None, smooth_kernel=None, normalize=False, mask=None,
                       tiling=None):
     geo.check_rank(x, 4, "x", "B, H, W, Cin")
-    geo.check_rank(guide, 4, "guide", "B, H, W, D")
-    if guide.shape[:3] != x.shape[:3]:
-        raise ValueError(f"guide must have x's batch and spatial size {x.shape[:3]}, "
-                         f"got {guide.shape}")
     k = _check_weight(weight, x.shape[-1], shared_filters)
     win = geo.window(x.shape[1:3], k, stride=stride, padding=padding, dilation=dilation)
     return _fused(x, guide, win, weight, bias, shared_filters,
-                  *kernel_spec(kernel_type, asym=asym, inv_alpha=inv_alpha,
-                               inv_lambda=inv_lambda, depth=guide.shape[-1], normalize=normalize),
+                  _spec(guide, kernel_type, asym, inv_alpha, inv_lambda, normalize),
                   smooth_kernel, mask, tiling)
 
 
@@ -94,16 +89,11 @@ def fused_pac_conv_transpose2d(x, guide, weight, bias=None, *, stride=1, padding
     A normalised gaussian kernel is computed in a stable form, as in :func:`fused_pac_conv2d`.
     """
     geo.check_rank(x, 4, "x", "B, h, w, Cin")
-    geo.check_rank(guide, 4, "guide", "B, Ho, Wo, D")
     k = _check_weight(weight, x.shape[-1], shared_filters)
     win = geo.window(x.shape[1:3], k, stride=stride, padding=padding, dilation=dilation,
                      output_padding=output_padding, transposed=True)
-    if guide.shape[:3] != (x.shape[0], *win.out_size):
-        raise ValueError(f"guide must be [B, Ho, Wo, D] on the output grid "
-                         f"{(x.shape[0], *win.out_size)}, got {guide.shape}")
     return _fused(x, guide, win, weight, bias, shared_filters,
-                  *kernel_spec(kernel_type, asym=asym, inv_alpha=inv_alpha,
-                               inv_lambda=inv_lambda, depth=guide.shape[-1], normalize=normalize),
+                  _spec(guide, kernel_type, asym, inv_alpha, inv_lambda, normalize),
                   smooth_kernel, mask, None)
 
 
@@ -145,8 +135,11 @@ def _fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None,
         # Per-channel filters: W for the C numerator channels, exp-sum for the confidence.
         w = jnp.concatenate([jnp.broadcast_to(weight, (*weight.shape[:2], 1, channels)),
                              norm_weight.astype(weight.dtype)], axis=-1)
-        y = _fused_depthwise(stacked, guide, w, stride, padding, dilation, kernel_type, asym,
-                             inv_alpha, inv_lambda, smooth_kernel, tiling)
+        win = geo.window(x.shape[1:3], weight.shape[:2], stride=stride, padding=padding,
+                         dilation=dilation, kernel_name="weight kernel size (weight.shape[:2])")
+        y = _fused(stacked, guide, win, w, None, True,
+                   _spec(guide, kernel_type, asym, inv_alpha, inv_lambda, False), smooth_kernel,
+                   None, tiling)
         numerator, denominator = y[..., :channels], y[..., channels:]
     else:
         out = weight.shape[-1]
@@ -165,10 +158,27 @@ def _fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None,
 # --------------------------------------------------------------------------------------------
 
 
-def _fused(x, guide, win: geo.Window, weight, bias, shared_filters, spec: KernelSpec, params,
-           smooth_kernel, mask, tiling):
+def _spec(guide, kernel_type, asym, inv_alpha, inv_lambda, normalize):
+    """``(KernelSpec, params)`` for ``guide`` (checked to be rank 4)."""
+    geo.check_rank(guide, 4, "guide", "B, H, W, D")
+    return kernel_spec(kernel_type, asym=asym, inv_alpha=inv_alpha, inv_lambda=inv_lambda,
+                       depth=guide.shape[-1], normalize=normalize)
+
+
+def _fused(x, guide, win: geo.Window, weight, bias, shared_filters, spec_params, smooth_kernel,
+           mask, tiling):
+    """The guided product of every fused op. ``weight``: ``[kh, kw, Cin, Cout]`` (dense), or,
+    with ``shared_filters``, ``[kh, kw, 1, 1]`` (one filter) or ``[kh, kw, 1, Cin]`` (one filter
+    per channel, depthwise)."""
+    spec, params = spec_params
     normalize = spec.normalize
     batch, channels = x.shape[0], x.shape[-1]
+    if win.transposed and guide.shape[:3] != (batch, *win.out_size):
+        raise ValueError(f"guide must be [B, Ho, Wo, D] on the output grid "
+                         f"{(batch, *win.out_size)}, got {guide.shape}")
+    if not win.transposed and guide.shape[:3] != x.shape[:3]:
+        raise ValueError(f"guide must have x's batch and spatial size {x.shape[:3]}, "
+                         f"got {guide.shape}")
     if mask is not None:
         geo.check_rank(mask, 4, "mask", "B, h_in, w_in, 1")
         if mask.shape != (batch, *win.in_size, 1):
@@ -196,9 +206,8 @@ def _fused(x, guide, win: geo.Window, weight, bias, shared_filters, spec: Kernel
             ratio = jnp.where(real_count == 0, 0,
                               valid_count / jnp.where(real_count == 0, 1, real_count))
 
-    k = win.kernel_size
     if shared_filters:
-        w = jnp.broadcast_to(weight[:, :, 0, :], (*k, 1)).reshape(win.taps, 1)
+        w = weight[:, :, 0, :].reshape(win.taps, -1)
     else:
         w = weight.reshape(win.taps, channels, weight.shape[-1])
     plan = tap_loop.Plan(win, dense=not shared_filters, fused=True, kernel=spec,
@@ -244,37 +253,6 @@ def _shift_kernel(guide, guide_padded, centre, guide_ph, valid_ph, win, plan):
     shift = tap_loop.window_min_distance(guide_ph, valid_ph, centre, plan)
     centre = jnp.concatenate([centre, lax.stop_gradient(shift)[..., None]], axis=-1)
     return centre, plan._replace(shifted=True, centre_tap=-1)
-
-
-def _fused_depthwise(x, guide, weight, stride, padding, dilation, kernel_type, asym, inv_alpha,
-                     inv_lambda, smooth_kernel, tiling):
-    """Fused PAC with one filter per channel: weight ``[kh, kw, 1, C]`` -> ``[B, Ho, Wo, C]``."""
-    geo.check_rank(guide, 4, "guide", "B, H, W, D")
-    if guide.shape[:3] != x.shape[:3]:
-        raise ValueError(f"guide must have x's batch and spatial size {x.shape[:3]}, "
-                         f"got {guide.shape}")
-    win = geo.window(x.shape[1:3], weight.shape[:2], stride=stride, padding=padding,
-                     dilation=dilation, kernel_name="weight kernel size (weight.shape[:2])")
-    spec, params = kernel_spec(kernel_type, asym=asym, inv_alpha=inv_alpha,
-                               inv_lambda=inv_lambda, depth=guide.shape[-1])
-    kdtype = compute_dtype(guide, smooth_kernel, *params)
-    dtype = compute_dtype(x, weight, kdtype)
-    out_dtype = jnp.result_type(x, weight, guide)
-    guide = guide.astype(dtype)
-    guide_padded = win.pad_guide(guide)
-    centre = None if smooth_kernel is None else centre_features(
-        guide, guide_padded, win, jnp.asarray(smooth_kernel, dtype))
-    plan = tap_loop.Plan(win, dense=False, fused=True, kernel=spec,
-                         centre_tap=-1 if centre is not None else win.centre_tap)
-    ph = lambda a: tap_loop.to_phases(a, win.tap_stride)
-    if tiling is None:
-        tiling = choose_tiling("sum", batch=x.shape[0], out_size=win.out_size,
-                               channels=x.shape[-1], guide_channels=guide.shape[-1],
-                               itemsize=dtype.itemsize)
-    u, _ = tap_loop.window_sum(ph(win.pad_input(x.astype(dtype))), ph(guide_padded), None,
-                               centre, weight.reshape(win.taps, -1).astype(dtype),
-                               tuple(jnp.asarray(q, dtype) for q in params), plan, tiling)
-    return u.astype(out_dtype)
 
 
 def _window_count(padded, win: geo.Window):

@@ -499,7 +499,7 @@ def _window_sum_bwd(plan, residuals, cotangents):
         x_ph, ksrc, v_ph = _padded_sources(x_in, ksrc_in, v_in, plan)
         pads_plan, plan = plan, plan._replace(pads=())
         dx, dk, dc, dw, dp = _taps_backward(x_ph, ksrc, v_ph, centre, weight, params, plan,
-                                            cotangents)
+                                            _step_cotangents(cotangents, plan))
         if unpadded:
             dx = _unpadded_add(dx0, dx, 0, pads_plan)
             dk = _unpadded_add(dk0, dk, 0, pads_plan) if plan.fused else dk
@@ -509,8 +509,7 @@ def _window_sum_bwd(plan, residuals, cotangents):
         dx, dk, dc, dw, dp = carry
         start = _strip_start(strip, plan)
         sources, inner = _strip(x_in, ksrc_in, v_in, centre, start, plan)
-        cts = tuple(_fresh_rows(_rows(ct, _out_axis(plan), start, plan.rows), strip, start,
-                                plan) for ct in cotangents)
+        cts = _step_cotangents(cotangents, plan, strip, start)
         gx, gk, gc, gw, gp = _taps_backward(*sources, weight, params, inner, cts)
         if unpadded:
             dx = _unpadded_add(dx, gx, start, plan)
@@ -527,18 +526,35 @@ def _window_sum_bwd(plan, residuals, cotangents):
     return dx, dk, dv, dc, dw, dp
 
 
-def _taps_backward(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, cotangents):
-    """Gradients ``(dx, dk, dc, dw, dp)`` of one loop over the taps."""
+def _step_cotangents(cotangents, plan: Plan, strip=None, start=0):
+    """``(t0, size) -> `` the cotangents of one loop step: of strip ``strip``'s rows (from
+    ``start``, the rows an earlier strip covered zeroed), or of the whole output without a
+    strip. A sum's step gets the strip's cotangent; a written-out kernel's step only its taps'
+    block, sliced straight from the full cotangent (no strip-sized copy of it)."""
+    rows = plan.rows if strip is not None else plan.window.out_size[0]
+    fresh = (lambda ct: ct) if strip is None else (
+        lambda ct: _fresh_rows(ct, strip, start, plan))
+    if plan.kernel_out:
+        def block(a, t0, size):
+            zero = jnp.zeros((), jnp.int32)
+            index = (jnp.asarray(t0, jnp.int32), zero, jnp.asarray(start, jnp.int32), zero)
+            return lax.dynamic_slice(a, index, (size, a.shape[1], rows, a.shape[3]))
+        return lambda t0, size: (fresh(_map(lambda a: block(a, t0, size), cotangents[0])), None)
+    cts = cotangents if strip is None else tuple(fresh(_rows(ct, 1, start, rows))
+                                                 for ct in cotangents)
+    return lambda t0, size: cts
+
+
+def _taps_backward(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, step_cotangents):
+    """Gradients ``(dx, dk, dc, dw, dp)`` of one loop over the taps; ``step_cotangents`` from
+    :func:`_step_cotangents`."""
 
     def step(t0, size, carry):
         dx, dk, dc, dw, dp = carry
         xs, ks, vs, ws = _gather(x_ph, ksrc, v_ph, weight, t0, size, plan)
         terms = lambda xs, ks, c, ws, p: _group_terms(xs, ks, vs, c, ws, p, plan)
         _, vjp = jax.vjp(terms, xs, ks, _centre(ksrc, centre, plan), ws, params)
-        if plan.kernel_out:     # the cotangent of the taps this step wrote
-            gx, gk, gc, gw, gp = vjp((_rows(cotangents[0], 0, t0, size), None))
-        else:
-            gx, gk, gc, gw, gp = vjp(cotangents)
+        gx, gk, gc, gw, gp = vjp(step_cotangents(t0, size))
         for g in range(size):
             dx = _window_add(dx, gx[g], t0 + g, plan)
             if plan.fused:
