@@ -8,6 +8,9 @@ differentiated by plain autodiff. Masks and normalisation are applied to the wri
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
+import jax
 import jax.numpy as jnp
 from jax import lax
 
