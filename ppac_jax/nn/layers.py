@@ -85,8 +85,8 @@ class _PacBase(nnx.Module):
     parameters, and the call.
 
     A call with a guide takes the guided engine path (``ops.fused_*``: the kernel computed
-    inside the tap loop, never materialised) wherever ops has one (:meth:`_guided`), except
-    with ``impl="patches"``, the plain-autodiff reference (``ops.pac_kernel``, then the patches
+    inside the tap loop, never materialised; :meth:`_guided`), except with
+    ``impl="patches"``, the plain-autodiff reference (``ops.pac_kernel``, then the patches
     product); a call with a precomputed ``kernel=`` takes the product ``ops.pac_*(x, kernel,
     ...)`` with the layer's ``impl`` (:meth:`_product`). Subclasses give both.
     """
@@ -163,8 +163,8 @@ class _PacBase(nnx.Module):
         return "auto" if self.impl == "fused" else self.impl
 
     def _guided(self, *inputs, guide, mask):
-        """``ops.fused_*`` of ``inputs`` and ``guide``; ``NotImplemented`` where ops has none."""
-        return NotImplemented
+        """``ops.fused_*`` of ``inputs`` and ``guide``."""
+        raise NotImplementedError
 
     def _product(self, *inputs, kernel):
         """``ops.pac_*`` of ``inputs`` with a precomputed adapting kernel."""
@@ -177,10 +177,8 @@ class _PacBase(nnx.Module):
             return self._product(*inputs, kernel=kernel)
         if guide is None:
             raise ValueError("guide is required when no precomputed kernel is given")
-        y = NotImplemented if self.impl == "patches" else self._guided(*inputs, guide=guide,
-                                                                        mask=mask)
-        if y is not NotImplemented:
-            return y
+        if self.impl != "patches":
+            return self._guided(*inputs, guide=guide, mask=mask)
         kernel, output_mask = self.compute_kernel(guide, mask)
         y = self._product(*inputs, kernel=kernel)
         return y if mask is None else (y, output_mask)
@@ -358,8 +356,7 @@ class PacPool2d(_PacBase):
       native_impl: ignored.
       rngs, param_dtype: as :class:`PacConv2d`.
       impl: as :class:`PacConv2d`; the guided engine is ``ops.fused_pac_conv2d`` with one
-        all-ones filter shared by the channels (the same sum). A channel-wise kernel has no
-        guided form in ops: it is computed with ``ops.pac_kernel`` first, then ``impl``.
+        all-ones filter shared by the channels (the same sum; channel-wise kernels too).
 
     Call: ``layer(x [B,H,W,C], guide [B,H,W,D])`` -> ``[B,Ho,Wo,C]``; ``layer(x, kernel=K)``;
     ``layer(x, guide, mask=m)`` -> ``(y, output_mask)``.
@@ -378,13 +375,12 @@ class PacPool2d(_PacBase):
         self.filler = filler
 
     def _guided(self, x, *, guide, mask):
-        if self.channel_wise:
-            return NotImplemented
         # Pooling is the PAC convolution with one all-ones filter shared by the channels.
         ones = jnp.ones((*self.kernel_size, 1, 1), jnp.result_type(x))
         return ops.fused_pac_conv2d(x, guide, ones, shared_filters=True,
                                     normalize=self.normalize_kernel, mask=mask,
-                                    **self._geometry(), **self._kernel_options())
+                                    channel_wise=self.channel_wise, **self._geometry(),
+                                    **self._kernel_options())
 
     def _product(self, x, *, kernel):
         return ops.pac_pool2d(x, kernel, kernel_size=self.kernel_size,
@@ -464,9 +460,8 @@ class NormalizedPacConv2d(_NormalizedBase):
     """Normalised PAC layer (``probabilistic_pac.NormalizedPacConv2d``).
 
     ``y = pac(x, K, W) / max(sum_t K_t exp(W_norm)_t, 1e-20) + bias``; out-of-image taps count
-    in the denominator (as in the original). Arguments as :class:`ProbPacConv2d`; ops has no
-    guided form of this product yet, so a guide's kernel is computed with ``ops.pac_kernel``
-    first and ``impl`` applies to guided calls too.
+    in the denominator (as in the original). Arguments as :class:`ProbPacConv2d` (guided calls:
+    ``ops.fused_normalized_pac_conv2d``).
 
     Call: ``layer(x [B,H,W,Cin], guide [B,H,W,D])`` -> ``[B,Ho,Wo,Cout]``, or
     ``layer(x, kernel=K)``.
@@ -480,6 +475,10 @@ class NormalizedPacConv2d(_NormalizedBase):
 
     def __call__(self, x, guide=None, *, kernel=None):
         return self._run((x,), guide, kernel, None)
+
+    def _guided(self, x, *, guide, mask):
+        return ops.fused_normalized_pac_conv2d(x, guide, *self._weights(), **self._options(),
+                                               **self._kernel_options())
 
     def _product(self, x, *, kernel):
         return ops.normalized_pac_conv2d(x, kernel, *self._weights(), **self._options(),

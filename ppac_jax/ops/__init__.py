@@ -6,8 +6,8 @@ Everything else in ppac-jax is built from these functions.
 from ppac_jax.ops.crf import (PairwiseTerm, TermParams, blur_pool, blur_upsample,
                               crf_edge_kernels, crf_message, crf_output, make_term, mean_field,
                               mean_field_step, pac_crf, position_features, yxrgb_features)
-from ppac_jax.ops.fused import (fused_pac_conv2d, fused_pac_conv_transpose2d,
-                                fused_prob_pac_conv2d)
+from ppac_jax.ops.fused import (fused_normalized_pac_conv2d, fused_pac_conv2d,
+                                fused_pac_conv_transpose2d, fused_prob_pac_conv2d)
 from ppac_jax.ops.adapting_kernel import pac_kernel
 from ppac_jax.ops.pac import pac_conv2d, pac_conv_transpose2d, pac_pool2d
 from ppac_jax.ops.prob import normalized_pac_conv2d, prob_pac_conv2d
@@ -36,6 +36,7 @@ __all__ = [
     "fused_pac_conv2d",
     "fused_pac_conv_transpose2d",
     "fused_prob_pac_conv2d",
+    "fused_normalized_pac_conv2d",
     "resize_bilinear",
     "max_pool_ceil",
 ]

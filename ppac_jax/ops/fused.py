@@ -11,6 +11,7 @@ Half-precision inputs are computed in float32 and the results have the inputs' d
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -26,11 +27,12 @@ from ppac_jax.ops.prob import _check_weight_norm, _divide, _summed_exp, check_co
 
 def fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilation=1,
                      shared_filters=False, kernel_type="gaussian", asym=False, inv_alpha=None,
-                     inv_lambda=None, smooth_kernel=None, normalize=False, mask=None):
+                     inv_lambda=None, smooth_kernel=None, normalize=False, mask=None,
+                     channel_wise=False):
     """Pixel-adaptive convolution with the adapting kernel of ``guide`` computed on the fly.
 
     Same result as ``pac_conv2d(x, pac_kernel(guide, k, stride=..., padding=..., ...)[0], W)``
-    (kernel options as in :func:`ppac_jax.ops.pac_kernel`, ``channel_wise`` excluded).
+    (kernel options as in :func:`ppac_jax.ops.pac_kernel`).
 
     Args:
       x: ``[B, H, W, Cin]`` input.
@@ -41,9 +43,16 @@ def fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilati
       shared_filters: one ``[kh, kw]`` filter applied to every channel (Cout = Cin).
       kernel_type, asym, inv_alpha, inv_lambda, smooth_kernel, normalize: as in ``pac_kernel``.
       mask: optional ``[B, H, W, 1]`` 0/1 validity of x's samples (not differentiated).
+      channel_wise: one kernel per channel (``D = Cin``): channel ``c`` of ``x`` is filtered
+        with the kernel of guide channel ``c`` alone (``pac_kernel(..., channel_wise=True)``;
+        ``inv_alpha`` / ``inv_lambda`` may then be ``[D]``).
 
     Returns:
-      ``y [B, Ho, Wo, Cout]``, or ``(y, output_mask [B, Ho, Wo, 1])`` when ``mask`` is given.
+      ``y [B, Ho, Wo, Cout]``, or ``(y, output_mask)`` when ``mask`` is given, output_mask
+      ``[B, Ho, Wo, 1]`` (``[B, Ho, Wo, D]`` channel-wise, as ``pac_kernel``'s).
+
+    Raises:
+      ValueError: naming the argument whose shape or value is wrong.
 
     A normalised gaussian kernel is computed in a stable form (its exponent shifted by its
     maximum over the window's valid taps): float32 gradients stay finite where the raw
@@ -55,19 +64,21 @@ def fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilati
 def _fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilation=1,
                       shared_filters=False, kernel_type="gaussian", asym=False, inv_alpha=None,
                       inv_lambda=None, smooth_kernel=None, normalize=False, mask=None,
-                      tiling=None):
+                      channel_wise=False, tiling=None):
     geo.check_rank(x, 4, "x", "B, H, W, Cin")
     k = _check_weight(weight, x.shape[-1], shared_filters)
     win = geo.window(x.shape[1:3], k, stride=stride, padding=padding, dilation=dilation)
     return _fused(x, guide, win, weight, bias, shared_filters,
-                  _spec(guide, kernel_type, asym, inv_alpha, inv_lambda, normalize),
+                  _spec(guide, kernel_type, asym, inv_alpha, inv_lambda, normalize,
+                        channel_wise),
                   smooth_kernel, mask, tiling)
 
 
 def fused_pac_conv_transpose2d(x, guide, weight, bias=None, *, stride=1, padding=0,
                                output_padding=0, dilation=1, shared_filters=False,
                                kernel_type="gaussian", asym=False, inv_alpha=None,
-                               inv_lambda=None, smooth_kernel=None, normalize=False, mask=None):
+                               inv_lambda=None, smooth_kernel=None, normalize=False, mask=None,
+                               channel_wise=False):
     """Pixel-adaptive transposed convolution with the kernel of ``guide`` computed on the fly.
 
     Same result as ``pac_conv_transpose2d(x, pac_kernel(guide, k, ..., transposed=True)[0], W)``
@@ -82,9 +93,11 @@ def fused_pac_conv_transpose2d(x, guide, weight, bias=None, *, stride=1, padding
       stride, padding, output_padding, dilation: ints or pairs.
       kernel_type, asym, inv_alpha, inv_lambda, smooth_kernel, normalize: as in ``pac_kernel``.
       mask: optional ``[B, h, w, 1]`` 0/1 validity of x's samples (not differentiated).
+      channel_wise: as in :func:`fused_pac_conv2d`.
 
     Returns:
-      ``y [B, Ho, Wo, Cout]``, or ``(y, output_mask [B, Ho, Wo, 1])`` when ``mask`` is given.
+      ``y [B, Ho, Wo, Cout]``, or ``(y, output_mask)`` when ``mask`` is given (as in
+      :func:`fused_pac_conv2d`).
 
     A normalised gaussian kernel is computed in a stable form, as in :func:`fused_pac_conv2d`.
     """
@@ -93,7 +106,8 @@ def fused_pac_conv_transpose2d(x, guide, weight, bias=None, *, stride=1, padding
     win = geo.window(x.shape[1:3], k, stride=stride, padding=padding, dilation=dilation,
                      output_padding=output_padding, transposed=True)
     return _fused(x, guide, win, weight, bias, shared_filters,
-                  _spec(guide, kernel_type, asym, inv_alpha, inv_lambda, normalize),
+                  _spec(guide, kernel_type, asym, inv_alpha, inv_lambda, normalize,
+                        channel_wise),
                   smooth_kernel, mask, None)
 
 
@@ -126,51 +140,105 @@ def _fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None,
                            asym=False, inv_alpha=None, inv_lambda=None, smooth_kernel=None,
                            tiling=None):
     check_confidence(x, confidence)
+    win = _normalized_window(x, weight, weight_norm, shared_filters, stride, padding, dilation)
+    stacked = jnp.concatenate([x * confidence, confidence.astype(x.dtype)], axis=-1)
+    return _one_pass_ratio(stacked, None, guide, weight, weight_norm, bias, win, shared_filters,
+                           _spec(guide, kernel_type, asym, inv_alpha, inv_lambda, False),
+                           smooth_kernel, tiling)
+
+
+def fused_normalized_pac_conv2d(x, guide, weight, weight_norm, bias=None, *, stride=1,
+                                padding=0, dilation=1, shared_filters=False,
+                                kernel_type="gaussian", asym=False, inv_alpha=None,
+                                inv_lambda=None, smooth_kernel=None):
+    """Normalised PAC with the kernel of ``guide`` computed on the fly.
+
+    Same result as ``normalized_pac_conv2d(x, pac_kernel(guide, k, ...)[0], W, W_norm)``:
+    ``pac(x, K, W) / max(sum_t K_t sum_c exp(W_norm)_t, 1e-20) + bias``, where the denominator
+    counts every tap, also outside the image (as the reference ``NormalizedPacConv2d``);
+    numerator and denominator come out of one pass over the taps.
+
+    Args:
+      x: ``[B, H, W, Cin]``; guide: ``[B, H, W, D]``.
+      weight, weight_norm: ``[kh, kw, Cin, Cout]``, or ``[kh, kw, 1, 1]`` when ``shared_filters``.
+      bias: optional ``[Cout]``.
+      stride, padding, dilation, kernel options: as in :func:`fused_pac_conv2d`.
+
+    Returns:
+      ``[B, Ho, Wo, Cout]``.
+
+    Raises:
+      ValueError: naming the argument whose shape or value is wrong.
+    """
+    return _fused_normalized_pac_conv2d(**locals())
+
+
+def _fused_normalized_pac_conv2d(x, guide, weight, weight_norm, bias=None, *, stride=1,
+                                 padding=0, dilation=1, shared_filters=False,
+                                 kernel_type="gaussian", asym=False, inv_alpha=None,
+                                 inv_lambda=None, smooth_kernel=None, tiling=None):
+    geo.check_rank(x, 4, "x", "B, H, W, Cin")
+    win = _normalized_window(x, weight, weight_norm, shared_filters, stride, padding, dilation)
+    # The denominator's input is 1 at every tap, padding included: padded with ones.
+    x_pad = win.pad_input(x)
+    stacked = jnp.concatenate([x, jnp.ones((*x.shape[:3], 1), x.dtype)], axis=-1)
+    stacked_pad = jnp.concatenate([x_pad, jnp.ones((*x_pad.shape[:3], 1), x.dtype)], axis=-1)
+    return _one_pass_ratio(stacked, stacked_pad, guide, weight,
+                           weight_norm, bias, win, shared_filters,
+                           _spec(guide, kernel_type, asym, inv_alpha, inv_lambda, False),
+                           smooth_kernel, tiling)
+
+
+def _normalized_window(x, weight, weight_norm, shared_filters, stride, padding, dilation):
     _check_weight(weight, x.shape[-1], shared_filters)
     _check_weight_norm(weight, weight_norm)
-    channels = x.shape[-1]
-    norm_weight = _summed_exp(weight_norm)                      # [kh, kw, 1, O or 1]
-    stacked = jnp.concatenate([x * confidence, confidence.astype(x.dtype)], axis=-1)
+    return geo.window(x.shape[1:3], weight.shape[:2], stride=stride, padding=padding,
+                      dilation=dilation)
+
+
+def _one_pass_ratio(stacked, stacked_pad, guide, weight, weight_norm, bias, win, shared_filters,
+                    spec_params, smooth_kernel, tiling):
+    """``pac(numerator, K, W) / max(pac(denominator, K, sum_c exp(W_norm)), 1e-20) + bias`` for
+    ``stacked = [numerator channels..., denominator channel]`` (``stacked_pad``: padded, when its
+    padding is not zeros), in one pass of the engine: ``W`` and the summed ``exp(W_norm)`` on
+    the block diagonal of one dense weight, or, with shared filters, one filter per channel."""
+    channels = stacked.shape[-1] - 1
+    norm_weight = _summed_exp(weight_norm).astype(weight.dtype)     # [kh, kw, 1, O or 1]
     if shared_filters:
-        # Per-channel filters: W for the C numerator channels, exp-sum for the confidence.
         w = jnp.concatenate([jnp.broadcast_to(weight, (*weight.shape[:2], 1, channels)),
-                             norm_weight.astype(weight.dtype)], axis=-1)
-        win = geo.window(x.shape[1:3], weight.shape[:2], stride=stride, padding=padding,
-                         dilation=dilation, kernel_name="weight kernel size (weight.shape[:2])")
-        y = _fused(stacked, guide, win, w, None, True,
-                   _spec(guide, kernel_type, asym, inv_alpha, inv_lambda, False), smooth_kernel,
-                   None, tiling)
-        numerator, denominator = y[..., :channels], y[..., channels:]
+                             norm_weight], axis=-1)                 # [kh, kw, 1, C + 1]
+        out = channels
     else:
         out = weight.shape[-1]
         top = jnp.concatenate([weight, jnp.zeros((*weight.shape[:3], out), weight.dtype)], -1)
         bottom = jnp.concatenate([jnp.zeros((*weight.shape[:2], 1, out), weight.dtype),
-                                  norm_weight.astype(weight.dtype)], -1)
-        w = jnp.concatenate([top, bottom], axis=2)               # [kh, kw, C + 1, 2 O]
-        y = _fused_pac_conv2d(stacked, guide, w, stride=stride, padding=padding,
-                              dilation=dilation, kernel_type=kernel_type, asym=asym,
-                              inv_alpha=inv_alpha, inv_lambda=inv_lambda,
-                              smooth_kernel=smooth_kernel, tiling=tiling)
-        numerator, denominator = y[..., :out], y[..., out:]
-    return _divide(numerator, denominator, bias)
+                                  norm_weight], -1)
+        w = jnp.concatenate([top, bottom], axis=2)                  # [kh, kw, C + 1, 2 O]
+    y = _fused(stacked, guide, win, w, None, shared_filters, spec_params, smooth_kernel, None,
+               tiling, x_pad=stacked_pad)
+    return _divide(y[..., :out], y[..., out:], bias)
 
 
 # --------------------------------------------------------------------------------------------
 
 
-def _spec(guide, kernel_type, asym, inv_alpha, inv_lambda, normalize):
+def _spec(guide, kernel_type, asym, inv_alpha, inv_lambda, normalize, channel_wise=False):
     """``(KernelSpec, params)`` for ``guide`` (checked to be rank 4)."""
     geo.check_rank(guide, 4, "guide", "B, H, W, D")
     return kernel_spec(kernel_type, asym=asym, inv_alpha=inv_alpha, inv_lambda=inv_lambda,
-                       depth=guide.shape[-1], normalize=normalize)
+                       depth=guide.shape[-1], normalize=normalize, channel_wise=channel_wise)
 
 
 def _fused(x, guide, win: geo.Window, weight, bias, shared_filters, spec_params, smooth_kernel,
-           mask, tiling):
+           mask, tiling, *, x_pad=None):
     """The guided product of every fused op. ``weight``: ``[kh, kw, Cin, Cout]`` (dense), or,
     with ``shared_filters``, ``[kh, kw, 1, 1]`` (one filter) or ``[kh, kw, 1, Cin]`` (one filter
-    per channel, depthwise)."""
+    per channel, depthwise). ``x_pad``: ``x`` already padded (``win.pad_input``'s shape), for
+    a padding that is not zeros."""
     spec, params = spec_params
+    if spec.channel_wise:
+        return _per_channel(x, guide, win, weight, bias, shared_filters, spec_params,
+                            smooth_kernel, mask, tiling)
     normalize = spec.normalize
     batch, channels = x.shape[0], x.shape[-1]
     if win.transposed and guide.shape[:3] != (batch, *win.out_size):
@@ -217,13 +285,14 @@ def _fused(x, guide, win: geo.Window, weight, bias, shared_filters, spec_params,
     if spec.log_domain:
         centre, plan = _shift_kernel(guide, guide_padded, centre, ph(guide_padded), ph(valid),
                                      win, plan)
-    if win.tap_stride == (1, 1) and not win.transposed:
+    if x_pad is None and win.tap_stride == (1, 1) and not win.transposed:
         # x, the guide and the validity share one zero padding: the loop pads them itself,
         # inside its custom VJP (tap_loop.Plan.pads, leaner backward).
         x_src, guide_src, valid_src = x, guide, None if valid is None else valid_map
         plan = plan._replace(pads=tuple(win.input_pads))
     else:
-        x_src, guide_src, valid_src = win.pad_input(x), guide_padded, valid
+        x_src = win.pad_input(x) if x_pad is None else x_pad
+        guide_src, valid_src = guide_padded, valid
     if tiling is None:
         tiling = choose_tiling("sum", batch=batch, out_size=win.out_size, channels=channels,
                                guide_channels=guide.shape[-1], itemsize=dtype.itemsize,
@@ -242,6 +311,33 @@ def _fused(x, guide, win: geo.Window, weight, bias, shared_filters, spec_params,
         return y
     output_mask = jnp.broadcast_to((ratio != 0).astype(dtype), (batch, *win.out_size, 1))
     return y, output_mask
+
+
+def _per_channel(x, guide, win, weight, bias, shared_filters, spec_params, smooth_kernel, mask,
+                 tiling):
+    """:func:`_fused` with channel-wise kernels: channel ``c`` of ``x`` with the kernel of
+    guide channel ``c`` (and its ``inv`` parameters), one single-channel guided product per
+    channel (``vmap``), summed over the channels for a dense weight."""
+    spec, params = spec_params
+    channels = x.shape[-1]
+    geo.check_rank(guide, 4, "guide", "B, H, W, D")
+    if guide.shape[-1] != channels:
+        raise ValueError(f"channel_wise=True needs one guide channel per x channel: guide has "
+                         f"{guide.shape[-1]} channels, x {channels}")
+    one_spec = spec._replace(channel_wise=False)
+
+    def one(x_c, guide_c, w_c, params_c):
+        return _fused(x_c[..., None], guide_c[..., None], win, w_c, None, shared_filters,
+                      (one_spec, params_c), smooth_kernel, mask, tiling)
+
+    w_axis = None if shared_filters else 2       # dense: W[:, :, c:c+1, :] for channel c
+    w = weight if shared_filters else weight[:, :, :, None, :]
+    out = jax.vmap(one, in_axes=(3, 3, w_axis, tuple(0 if p.ndim else None for p in params)))(
+        x, guide, w, params)
+    y, out_mask = out if mask is not None else (out, None)
+    y = jnp.moveaxis(y[..., 0], 0, -1) if shared_filters else jnp.sum(y, axis=0)
+    y = _add_bias(y, bias)
+    return y if mask is None else (y, jnp.moveaxis(out_mask[..., 0], 0, -1))
 
 
 def _shift_kernel(guide, guide_padded, centre, guide_ph, valid_ph, win, plan):

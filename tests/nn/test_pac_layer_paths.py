@@ -1,5 +1,5 @@
-"""Which ops the PAC layers call (issue 11 item 5): a guided call takes the guided (fused) op
-wherever ops has one (``impl="patches"``: the two-step reference); a precomputed ``kernel=``
+"""Which ops the PAC layers call (issue 11 item 5): a guided call takes the guided (fused) op,
+in every layer (``impl="patches"``: the two-step reference); a precomputed ``kernel=``
 takes the product with ``impl``; and the guided pooling equals the two-step reference."""
 
 import collections
@@ -11,9 +11,9 @@ from flax import nnx
 
 from ppac_jax import nn, ops
 
-OPS = ("fused_pac_conv2d", "fused_pac_conv_transpose2d", "fused_prob_pac_conv2d", "pac_kernel",
-       "pac_conv2d", "pac_conv_transpose2d", "pac_pool2d", "prob_pac_conv2d",
-       "normalized_pac_conv2d")
+OPS = ("fused_pac_conv2d", "fused_pac_conv_transpose2d", "fused_prob_pac_conv2d",
+       "fused_normalized_pac_conv2d", "pac_kernel", "pac_conv2d", "pac_conv_transpose2d",
+       "pac_pool2d", "prob_pac_conv2d", "normalized_pac_conv2d")
 
 
 @pytest.fixture
@@ -49,6 +49,13 @@ LAYERS = {
     "prob": (lambda impl: nn.ProbPacConv2d(2, 2, 3, padding=1, impl=impl,
                                            param_dtype=jnp.float64), (X, C, G),
              "fused_prob_pac_conv2d"),
+    "normalized": (lambda impl: nn.NormalizedPacConv2d(2, 2, 3, padding=1, impl=impl,
+                                                       param_dtype=jnp.float64), (X, G),
+                   "fused_normalized_pac_conv2d"),
+    "pool_channel_wise": (lambda impl: nn.PacPool2d(3, padding=1, channel_wise=True,
+                                                    kernel_type="inv_0.2_0.3", out_channels=2,
+                                                    impl=impl, param_dtype=jnp.float64),
+                          (X, X), "fused_pac_conv2d"),
 }
 
 
@@ -75,16 +82,6 @@ def test_precomputed_kernel_takes_the_product_with_impl(calls):
     kernel, _ = ops.pac_kernel(G, 3, padding=1)
     nnx.jit(lambda layer, k: layer(X, kernel=k))(layer, kernel)
     assert calls["pac_conv2d:patches"] == 1 and calls["fused_pac_conv2d"] == 0
-
-
-def test_layers_without_a_guided_op_compute_the_kernel_first(calls):
-    """ops has no guided normalised PAC nor channel-wise pooling: two steps, with ``impl``."""
-    run = nnx.jit(lambda layer, *a: layer(*a))
-    run(nn.NormalizedPacConv2d(2, 2, 3, padding=1, impl="loop"), X, G)
-    assert calls["pac_kernel"] == 1 and calls["normalized_pac_conv2d:loop"] == 1
-    run(nn.PacPool2d(3, padding=1, channel_wise=True, impl="patches"), X, X)
-    assert calls["pac_kernel"] == 2 and calls["pac_pool2d:patches"] == 1
-    assert calls["fused_pac_conv2d"] == 0
 
 
 def test_guided_pooling_equals_the_two_step_pooling():

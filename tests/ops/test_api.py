@@ -126,6 +126,11 @@ CASES = [
          engine=True, positive=(1,),
          ref=lambda x, c, g, w, wn, b: ops.prob_pac_conv2d(x, c, _kernel(g, padding=1), w, wn, b,
                                                            padding=1, impl="patches")),
+    Case("fused_normalized_pac_conv2d",
+         lambda x, g, w, wn, b: ops.fused_normalized_pac_conv2d(x, g, w, wn, b, padding=1),
+         ((1, 5, 5, 2), (1, 5, 5, 3), (3, 3, 2, 2), (3, 3, 2, 2), (2,)), seed=23, engine=True,
+         ref=lambda x, g, w, wn, b: ops.normalized_pac_conv2d(x, _kernel(g, padding=1), w, wn,
+                                                              b, padding=1, impl="patches")),
     Case("pac_kernel", lambda g: _kernel(g, padding=1, normalize=True), ((1, 5, 5, 3),), seed=9),
     # 64 x 64 output pixels: the planar tap loop (smaller kernels are sliced directly).
     Case("pac_kernel_planar", lambda g: _kernel(g, padding=1), ((1, 64, 64, 2),), seed=10,

@@ -166,6 +166,78 @@ def test_fused_prob_matches_two_step(shared, k, s, p, kt, planar):
     _compare(two_step, fused, (x, conf, guide, weight, weight_norm, bias, alpha, lam), seed=3)
 
 
+@pytest.mark.parametrize("shared,k,s,p,kt,planar", [
+    (False, 3, 1, 1, "gaussian", False), (True, 5, 2, 1, "inv", False),
+    (True, 3, 1, 1, "gaussian", True)])
+def test_fused_normalized_matches_two_step(shared, k, s, p, kt, planar):
+    """The denominator counts out-of-image taps (its input is padded with ones)."""
+    tiling = Tiling(planar=True) if planar else None
+    r, _ = _random(k * 100 + s + int(shared))
+    b, h, w, c, o, depth = 2, 8, 9, 3, 2, 2
+    x, guide = r(b, h, w, c), r(b, h, w, depth)
+    weight = jnp.abs(r(k, k, 1, 1) if shared else r(k, k, c, o))
+    weight_norm = r(*weight.shape) * 0.3
+    bias = r(c if shared else o)
+    alpha, lam = jnp.asarray(0.3), jnp.asarray(0.5)
+    geom = dict(stride=s, padding=p)
+
+    def kw(alpha, lam):
+        kwargs = _kernel_kwargs(kt, False, False, False, alpha, lam, None)
+        kwargs.pop("normalize")
+        return kwargs
+
+    def two_step(x, guide, weight, weight_norm, bias, alpha, lam):
+        kern, _ = ops.pac_kernel(guide, k, **geom, **kw(alpha, lam))
+        return ops.normalized_pac_conv2d(x, kern, weight, weight_norm, bias,
+                                         shared_filters=shared, impl="patches", **geom)
+
+    def fused(x, guide, weight, weight_norm, bias, alpha, lam):
+        return fused_mod._fused_normalized_pac_conv2d(
+            x, guide, weight, weight_norm, bias, shared_filters=shared, tiling=tiling, **geom,
+            **kw(alpha, lam))
+
+    _compare(two_step, fused, (x, guide, weight, weight_norm, bias, alpha, lam), seed=5)
+
+
+@pytest.mark.parametrize("shared,transposed,kt,normalize,mask", [
+    (True, False, "inv", True, True), (False, False, "gaussian", False, True),
+    (True, True, "gaussian", True, False)])
+def test_fused_channel_wise_matches_two_step(shared, transposed, kt, normalize, mask):
+    """One kernel per channel (per-channel inv parameters): pac_kernel(channel_wise=True)."""
+    r, rng = _random(7 + 2 * int(shared) + int(transposed))
+    b, c, o, k = 2, 3, 2, 3
+    geom = dict(stride=2, padding=1, dilation=1)
+    if transposed:
+        geom["output_padding"] = 1
+    x = r(b, 4, 5, c) if transposed else r(b, 9, 8, c)
+    guide = r(b, 8, 10, c) if transposed else r(b, 9, 8, c)
+    valid = jnp.asarray((rng.random((*x.shape[:3], 1)) > 0.3).astype(np.float64))
+    valid = valid if mask else None
+    weight = r(k, k, 1, 1) if shared else r(k, k, c, o)
+    bias = r(c if shared else o)
+    alpha, lam = jnp.asarray([0.3, 0.2, 0.4]), jnp.asarray(0.5)
+
+    def kw(alpha, lam):
+        return _kernel_kwargs(kt, False, False, normalize, alpha, lam, None)
+
+    def two_step(x, guide, weight, bias, alpha, lam):
+        kern, out_mask = ops.pac_kernel(guide, k, transposed=transposed, channel_wise=True,
+                                        mask=valid, **geom, **kw(alpha, lam))
+        op = ops.pac_conv_transpose2d if transposed else ops.pac_conv2d
+        y = op(x, kern, weight, bias, shared_filters=shared, impl="patches", **geom)
+        return y if valid is None else (y, out_mask)
+
+    def fused(x, guide, weight, bias, alpha, lam):
+        op = ops.fused_pac_conv_transpose2d if transposed else ops.fused_pac_conv2d
+        return op(x, guide, weight, bias, shared_filters=shared, channel_wise=True, mask=valid,
+                  **geom, **kw(alpha, lam))
+
+    _compare(two_step, fused, (x, guide, weight, bias, alpha, lam), seed=6)
+    with pytest.raises(ValueError, match="one guide channel per x channel"):
+        ops.fused_pac_conv2d(r(1, 5, 5, 2), r(1, 5, 5, 3), r(3, 3, 1, 1), shared_filters=True,
+                             channel_wise=True)
+
+
 def test_fused_bfloat16_computes_in_float32():
     r, _ = _random(4)
     x, guide, weight = r(1, 12, 12, 4), r(1, 12, 12, 3), r(3, 3, 4, 5) * 0.3
