@@ -12,6 +12,13 @@ taps; a custom VJP walks over them again in the backward pass and recomputes eve
 quantity, so neither the ``kh * kw`` shifted copies of the input nor the ``[B, Ho, Wo, kh, kw]``
 kernel is ever held: memory is a few input-sized buffers whatever the kernel size.
 
+The contraction of a step's taps (:func:`_group_terms`) is one of: *dense* (``W_t`` a
+``C x O`` matrix: one matmul over the group's taps and channels), *per-channel* (``W_t`` one
+scalar per channel, or one for all: shared filters, pooling, depthwise and PPAC products), or
+*write the kernel out* (``Plan.kernel_out``: the result is ``K`` itself, tap-major, which is
+how :func:`ppac_jax.ops.pac_kernel` runs, :func:`window_kernel`). A new contraction is a branch
+there (forward terms only; the custom VJP differentiates them with ``jax.vjp`` per step).
+
 Per-channel sums (not ``dense``) run on *planes*: every channel is a separate array without
 a channel axis (a tuple of arrays where the dense layout has one array). With channels last,
 XLA's CPU code for the per-tap elementwise work (a distance over 5 guide channels, a product
