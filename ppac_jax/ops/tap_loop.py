@@ -34,6 +34,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ppac_jax.ops import autodiff
@@ -188,7 +189,7 @@ def _fresh_rows(cotangent, strip, start, plan: Plan):
 
 def _rows(tree, axis, start, size):
     def rows(a):
-        index = [jnp.zeros((), jnp.int32)] * a.ndim
+        index = [np.int32(0)] * a.ndim
         index[axis] = jnp.asarray(start, jnp.int32)
         shape = list(a.shape)
         shape[axis] = size
@@ -198,7 +199,7 @@ def _rows(tree, axis, start, size):
 
 def _rows_add(acc, update, axis, start, *, add=True):
     def rows_add(a, u):
-        index = [jnp.zeros((), jnp.int32)] * a.ndim
+        index = [np.int32(0)] * a.ndim
         index[axis] = jnp.asarray(start, jnp.int32)
         if add:
             u = lax.dynamic_slice(a, index, u.shape) + u
@@ -255,11 +256,21 @@ def _padded_rows(tree, axis, start, size, *, plan: Plan):
 
 
 def _tap_index(t, plan: Plan, row0=0):
-    """Start index of tap ``t`` (traced) in a phase-split source whose row ``row0`` is the
-    first output row's (``plan.direct`` strips)."""
-    t = jnp.asarray(t, jnp.int32)
-    ph, pw, row, col = plan.window.tap_start(t)
-    zero = jnp.zeros((), jnp.int32)
+    """Start index of tap ``t`` (traced, >= 0) in a phase-split source whose row ``row0`` is
+    the first output row's (``plan.direct`` strips).
+
+    :meth:`Window.tap_start` with C division (``t >= 0``) and, at stride 1, constant phases:
+    a few HLO ops per tap instead of ~40 (jnp's floor division and, with
+    ``allow_negative_indices=False`` in :func:`_window`, index normalisation), which costs
+    compile time, not run time.
+    """
+    t, zero = jnp.asarray(t, jnp.int32), np.int32(0)
+    win = plan.window
+    tap = (lax.div(t, np.int32(win.kernel_size[1])), lax.rem(t, np.int32(win.kernel_size[1])))
+    if win.tap_stride == (1, 1):
+        ph, pw, row, col = zero, zero, tap[0] * win.dilation[0], tap[1] * win.dilation[1]
+    else:
+        ph, pw, row, col = geo.tap_phase_start(tap, win.tap_stride, win.dilation)
     index = (ph, pw, zero, row + row0, col, zero)
     return index[:5] if plan.planar else index     # planes have no channel axis
 
@@ -268,7 +279,8 @@ def _window(src, t, plan: Plan, row0=0):
     """Tap ``t``'s samples of a phase-split source: ``[B, Ho, Wo, C]`` (planes: ``[B, Ho, Wo]``)."""
     index = _tap_index(t, plan, row0)
     size = lambda a: (1, 1, a.shape[2], *plan.window.out_size, *a.shape[5:])
-    return _map(lambda a: lax.dynamic_slice(a, index, size(a))[0, 0], src)
+    return _map(lambda a: lax.dynamic_slice(a, index, size(a), allow_negative_indices=False)
+                [0, 0], src)
 
 
 def _window_add(acc, update, t, plan: Plan, row0=0):
@@ -276,8 +288,9 @@ def _window_add(acc, update, t, plan: Plan, row0=0):
     index = _tap_index(t, plan, row0)
 
     def add(a, u):
-        current = lax.dynamic_slice(a, index, (1, 1, *u.shape))
-        return lax.dynamic_update_slice(a, current + u[None, None], index)
+        current = lax.dynamic_slice(a, index, (1, 1, *u.shape), allow_negative_indices=False)
+        return lax.dynamic_update_slice(a, current + u[None, None], index,
+                                        allow_negative_indices=False)
     return _map(add, acc, update)
 
 
