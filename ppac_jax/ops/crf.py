@@ -20,7 +20,6 @@ time does not grow with the number of steps.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -28,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ppac_jax.ops import autodiff
 from ppac_jax.ops import geometry as geo
+from ppac_jax.ops import tap_loop
 from ppac_jax.ops.adapting_kernel import pac_kernel
 from ppac_jax.ops.kernel import compute_dtype
 from ppac_jax.ops.precision import matmul_precision
@@ -332,12 +331,17 @@ def crf_message(q, kernel, term: PairwiseTerm, params: TermParams):
     Returns:
       ``[B, H, W, C]``.
     """
+    return _message(q, _tap_major(kernel), term, params)
+
+
+def _message(q, taps, term: PairwiseTerm, params: TermParams):
+    """:func:`crf_message` with the edge kernel tap-major (:func:`_tap_major`)."""
     out_size = q.shape[1:3]
     qb = blur_pool(q, term.blur)
     if term.compat_type == "na":
         m = _plain_conv(qb, params.messenger, dilation=term.dilation)
     else:
-        m = _pac_message(qb, kernel, params.messenger, dilation=term.dilation,
+        m = _tap_message(qb, taps, params.messenger, dilation=term.dilation,
                          shared_filters=term.shared_filters)
     if term.compat_type == "2d":
         m = jnp.einsum("bhwc,co->bhwo", m, params.compat.astype(m.dtype),
@@ -357,160 +361,43 @@ def _plain_conv(q, weight, *, dilation):
 
 
 def _pac_message(q, kernel, weight, *, dilation, shared_filters, tiling=None):
-    """PAC of ``q`` with the edge kernel, "same" size: ``pac_conv2d(q, kernel, weight,
-    padding=(k // 2) * dilation, dilation=dilation, shared_filters=...)``, in row bands of
-    ``tiling.rows`` rows; ``tiling.group >= k * k`` unrolls the window rows (one GEMM)."""
-    dtype = compute_dtype(q, kernel, weight)
+    """PAC of ``q`` with the edge kernel ``[B, H, W, k, k]``, "same" size: ``pac_conv2d(q,
+    kernel, weight, padding=(k // 2) * dilation, dilation=dilation, shared_filters=...)``
+    (:func:`_tap_message` of the kernel made tap-major)."""
+    return _tap_message(q, _tap_major(kernel), weight, dilation=dilation,
+                        shared_filters=shared_filters, tiling=tiling)
+
+
+def _tap_major(kernel):
+    """``[B, H, W, k, k]`` -> the tap-loop engine's ``[k * k, B, H, W]``."""
+    return None if kernel is None else jnp.moveaxis(
+        kernel.reshape(*kernel.shape[:3], -1), 3, 0)
+
+
+def _tap_message(q, taps, weight, *, dilation, shared_filters, tiling=None):
+    """:func:`_pac_message` with the kernel tap-major, ``[k * k, B, H, W]``, on the tap-loop
+    engine: output rows in strips of ``tiling.rows`` (:func:`choose_tiling` with
+    ``op="message"``), ``tiling.group`` taps per step (all ``k * k``: one GEMM
+    ``[pixels, k*k*C] @ [k*k*C, O]`` per strip), taps read straight from the padded ``q``."""
+    dtype = compute_dtype(q, taps, weight)
+    out_dtype = jnp.result_type(q, taps, weight)
+    batch, height, width, channels = q.shape
+    k = weight.shape[0]
     if tiling is None:
-        tiling = choose_tiling("message", batch=q.shape[0], out_size=q.shape[1:3],
+        tiling = choose_tiling("message", batch=batch, out_size=(height, width),
                                kernel_size=weight.shape[:2])
-    out = _window_message(q.astype(dtype), kernel.astype(dtype), weight.astype(dtype),
-                          dilation, not shared_filters, tiling)
-    return out.astype(jnp.result_type(q, kernel, weight))
-
-
-class _Bands(NamedTuple):
-    rows: int     # rows per band
-    count: int    # number of bands
-    extra: int    # rows added at the bottom so that count * rows covers the image
-    pad: int      # "same" padding (k // 2) * d
-
-
-def _bands(q, k, dilation, rows) -> _Bands:
-    height = q.shape[1]
-    rows = min(rows or height, height)
-    count = -(-height // rows)
-    return _Bands(rows, count, count * rows - height, geo.same_padding(k, dilation))
-
-
-def _pad_rows(x, extra):
-    return jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2)) if extra else x
-
-
-def _row_taps(q_pad, r0, i, k, dilation, rows, width):
-    """Shifted ``q`` of the taps ``(i, 0..k-1)`` for the band at row ``r0``: ``[B, R, W, C]``."""
-    q_rows = lax.dynamic_slice_in_dim(q_pad, r0 + i * dilation, rows, axis=1)
-    return [lax.slice_in_dim(q_rows, j * dilation, j * dilation + width, axis=2)
-            for j in range(k)]
-
-
-def _unband(ys, height):
-    """``[bands, B, R, ...]`` -> ``[B, bands * R, ...]`` cropped to ``height`` rows."""
-    ys = jnp.moveaxis(ys, 0, 1)
-    return ys.reshape(ys.shape[0], -1, *ys.shape[3:])[:, :height]
-
-
-def _weight_rows(weight, dense):
-    """Per tap row: ``[k, k*C, O]`` (dense) or ``[k, k]`` (one scalar per tap)."""
-    k = weight.shape[0]
-    return weight.reshape(k, k * weight.shape[2], -1) if dense else weight.reshape(k, k)
-
-
-@functools.partial(autodiff.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _window_message(q, kernel, weight, dilation, dense, tiling):
-    """``y[o] = sum_t K[o, t] * q_pad[o + d t] @ W[t]`` ("same" zero padding), in row bands.
-
-    ``dense``: ``W`` is ``[k, k, C, O]``; per band and tap row the taps ``[pixels, k*C]``
-    (kernel times shifted q) are multiplied by ``W[i]`` reshaped to ``[k*C, O]``: one
-    well-shaped GEMM instead of ``k`` thin ones. Otherwise ``W`` is ``[k, k, 1, 1]`` (one scalar
-    per tap). Bands and tap rows are loops, so only one band's taps are alive at a time
-    (forward and backward, custom VJP) and compile time does not grow with ``k * k``.
-    """
-    batch, height, width, channels = q.shape
-    k = weight.shape[0]
-    b = _bands(q, k, dilation, tiling.rows)
-    q_pad = geo.pad_spatial(q, [(b.pad, b.pad + b.extra), (b.pad, b.pad)])
-    k_pad = _pad_rows(kernel, b.extra)
-    w_rows = _weight_rows(weight, dense)
-    out_channels = weight.shape[-1] if dense else channels
-
-    def band(r0):
-        k_band = lax.dynamic_slice_in_dim(k_pad, r0, b.rows, axis=1)
-
-        def row_taps(i):
-            q_taps = _row_taps(q_pad, r0, i, k, dilation, b.rows, width)
-            k_row = lax.dynamic_index_in_dim(k_band, i, axis=3, keepdims=False)  # [B,R,W,k]
-            return [(q_t, k_row[..., j, None]) for j, q_t in enumerate(q_taps)]
-
-        def row(i, acc):
-            w_row = lax.dynamic_index_in_dim(w_rows, i, axis=0, keepdims=False)
-            taps = row_taps(i)
-            if dense:
-                a = jnp.concatenate([q_t * k_t for q_t, k_t in taps], axis=-1)
-                return acc + jnp.dot(a, w_row, precision=matmul_precision())
-            for j, (q_t, k_t) in enumerate(taps):
-                acc = acc + q_t * (k_t * w_row[j])
-            return acc
-
-        unroll = tiling.group >= k * k
-        if dense and unroll:  # all taps in one GEMM [pixels, k*k*C] @ [k*k*C, O]
-            a = jnp.concatenate([q_t * k_t for i in range(k) for q_t, k_t in row_taps(i)],
-                                axis=-1)
-            return jnp.dot(a, w_rows.reshape(k * k * channels, -1),
-                           precision=matmul_precision())
-        acc = jnp.zeros((batch, b.rows, width, out_channels), q.dtype)
-        return lax.fori_loop(0, k, row, acc, unroll=unroll)
-
-    return _unband(lax.map(band, jnp.arange(b.count) * b.rows), height)
-
-
-def _window_message_fwd(q, kernel, weight, dilation, dense, tiling):
-    return _window_message(q, kernel, weight, dilation, dense, tiling), (q, kernel, weight)
-
-
-def _window_message_bwd(dilation, dense, tiling, residuals, ct):
-    q, kernel, weight = residuals
-    batch, height, width, channels = q.shape
-    k = weight.shape[0]
-    b = _bands(q, k, dilation, tiling.rows)
-    q_pad = geo.pad_spatial(q, [(b.pad, b.pad + b.extra), (b.pad, b.pad)])
-    k_pad = _pad_rows(kernel, b.extra)
-    ct_pad = _pad_rows(ct, b.extra)
-    w_rows = _weight_rows(weight, dense)
-
-    def band(carry, r0):
-        k_band = lax.dynamic_slice_in_dim(k_pad, r0, b.rows, axis=1)
-        ct_band = lax.dynamic_slice_in_dim(ct_pad, r0, b.rows, axis=1)        # [B, R, W, O]
-
-        def row(i, carry):
-            dq_pad, dw, dk = carry
-            q_taps = _row_taps(q_pad, r0, i, k, dilation, b.rows, width)
-            k_row = lax.dynamic_index_in_dim(k_band, i, axis=3, keepdims=False)  # [B,R,W,k]
-            w_row = lax.dynamic_index_in_dim(w_rows, i, axis=0, keepdims=False)
-            k_taps = [k_row[..., j, None] for j in range(k)]
-            if dense:
-                a = jnp.concatenate([q_t * k_t for q_t, k_t in zip(q_taps, k_taps)], axis=-1)
-                dw_row = jnp.einsum("brwk,brwo->ko", a, ct_band, precision=matmul_precision())
-                g = jnp.dot(ct_band, w_row.T, precision=matmul_precision())  # [B,R,W,kC]
-                grads = [g[..., j * channels:(j + 1) * channels] for j in range(k)]
-            else:
-                dw_row = jnp.stack([jnp.sum(q_t * k_t * ct_band)
-                                    for q_t, k_t in zip(q_taps, k_taps)])
-                grads = [ct_band * w_row[j] for j in range(k)]
-            dw = lax.dynamic_update_index_in_dim(
-                dw, lax.dynamic_index_in_dim(dw, i, 0, keepdims=False) + dw_row, i, 0)
-            dk_row = jnp.stack([jnp.sum(q_t * g_t, axis=-1) for q_t, g_t in zip(q_taps, grads)],
-                               axis=-1)
-            dk = lax.dynamic_update_index_in_dim(dk, dk_row, i, axis=3)
-            slab = jnp.zeros((batch, b.rows, width + 2 * b.pad, channels), q.dtype)
-            for j in range(k):
-                slab = slab.at[:, :, j * dilation:j * dilation + width].add(k_taps[j] * grads[j])
-            start = (0, r0 + i * dilation, 0, 0)
-            current = lax.dynamic_slice(dq_pad, start, slab.shape)
-            return lax.dynamic_update_slice(dq_pad, current + slab, start), dw, dk
-
-        dq_pad, dw = carry
-        dk = jnp.zeros_like(k_band)
-        dq_pad, dw, dk = lax.fori_loop(0, k, row, (dq_pad, dw, dk))
-        return (dq_pad, dw), dk
-
-    init = (jnp.zeros_like(q_pad), jnp.zeros(w_rows.shape, weight.dtype))
-    (dq_pad, dw), dk = lax.scan(band, init, jnp.arange(b.count) * b.rows)
-    dq = dq_pad[:, b.pad:b.pad + height, b.pad:b.pad + width]
-    return dq, _unband(dk, height), dw.reshape(weight.shape)
-
-
-_window_message.defvjp(_window_message_fwd, _window_message_bwd)
+    win = geo.window((height, width), k, padding=geo.same_padding(k, dilation),
+                     dilation=dilation)
+    plan = tap_loop.Plan(win, dense=not shared_filters, fused=False,
+                         pads=tuple(tuple(p) for p in win.input_pads), direct=True)
+    taps = taps.astype(dtype)
+    if shared_filters:   # one scalar per tap
+        taps, w = taps[..., None], weight.reshape(k * k, 1)
+    else:
+        w = weight.reshape(k * k, channels, -1)
+    out, _ = tap_loop.window_sum(q.astype(dtype), taps, None, None,
+                                 w.astype(dtype), (), plan, tiling._replace(planar=False))
+    return out.astype(out_dtype)
 
 
 def mean_field_step(log_q, unary, kernels, terms: Sequence[PairwiseTerm],
@@ -527,10 +414,15 @@ def mean_field_step(log_q, unary, kernels, terms: Sequence[PairwiseTerm],
     Returns:
       ``[B, H, W, C]`` updated ``log_q``.
     """
+    return _step(log_q, unary, [_tap_major(k) for k in kernels], terms, params, unary_weight)
+
+
+def _step(log_q, unary, taps, terms, params, unary_weight):
+    """:func:`mean_field_step` with the edge kernels tap-major (:func:`_tap_major`)."""
     q = jax.nn.softmax(log_q, axis=-1)
     out = unary * unary_weight
-    for term, kern, p in zip(terms, kernels, params):
-        out = out - crf_message(q, kern, term, p) * p.weight
+    for term, kern, p in zip(terms, taps, params):
+        out = out - _message(q, kern, term, p) * p.weight
     return out
 
 
@@ -561,16 +453,16 @@ def mean_field(unary, kernels, terms: Sequence[PairwiseTerm], params, unary_weig
     log_q = log_q.astype(dtype)
     if num_steps == 0:
         return log_q
+    taps = [_tap_major(k) for k in kernels]   # once, outside the loop
 
     if untied:
         def body(carry, step):
             p, uw = step
-            return mean_field_step(carry, unary, kernels, terms, p, uw).astype(dtype), None
+            return _step(carry, unary, taps, terms, p, uw).astype(dtype), None
         out, _ = lax.scan(body, log_q, (list(params), unary_weight))
     else:
         def body(carry, _):
-            return mean_field_step(carry, unary, kernels, terms, params,
-                                   unary_weight).astype(dtype), None
+            return _step(carry, unary, taps, terms, params, unary_weight).astype(dtype), None
         out, _ = lax.scan(body, log_q, None, length=num_steps)
     return out
 

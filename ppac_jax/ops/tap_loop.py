@@ -41,6 +41,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ppac_jax.ops import autodiff
@@ -66,6 +67,7 @@ class Plan(NamedTuple):
     rows: int = 0
     group: int = 0
     planar: bool = False
+    backward_group: int = 0   # taps per step of the backward pass (0: group)
     # ((top, bottom), (left, right)): the sources are given unpadded (stride 1 only) and zero
     # padded inside the custom VJP, whose backward accumulates their gradients unpadded: no
     # padded gradient buffers (and no padded copies held between forward and backward).
@@ -73,6 +75,13 @@ class Plan(NamedTuple):
     # "write the kernel out": the result is the kernel itself, tap-major [T, B, Ho, Wo] (fused,
     # planar; no input, weight or validity): pac_kernel's contraction (window_kernel)
     kernel_out: bool = False
+    # strips read their taps straight from the whole (padded) sources instead of from copies of
+    # their rows + halo (precomputed kernels, channels-last only): for widely dilated windows,
+    # whose halo is many strips tall, the copies would move ~halo / rows times the image per
+    # sum. With ``pads`` the sources are padded whole inside the custom VJP (and their
+    # gradients cropped). The input may be given as ``[B, H, W, C]`` (stride 1): the custom
+    # VJP then keeps the caller's own array, not a reshaped copy (a loop saves it once).
+    direct: bool = False
 
 
 def _map(fn, *trees):
@@ -96,7 +105,8 @@ def window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, tiling: Til
 
     Args:
       x_ph: ``[sh, sw, B, Hq, Wq, C]`` input phases (:func:`to_phases` of the padded input;
-        of the unpadded input, and likewise for the guide and validity, with ``plan.pads``).
+        of the unpadded input, and likewise for the guide and validity, with ``plan.pads``);
+        with ``plan.direct`` also the input itself, ``[B, H, W, C]``.
       ksrc: fused: guide phases ``[sh, sw, B, Hq, Wq, D]``; otherwise the kernel tap-major,
         ``[T, B, Ho, Wo, 1 or C]``, or ``[T, B, Ho, Wo]`` for a dense product.
       v_ph: ``[sh, sw, B or 1, Hq, Wq, 1]`` validity phases, or ``None`` (all valid).
@@ -112,8 +122,9 @@ def window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, tiling: Til
     Returns:
       ``U [B, Ho, Wo, O or C]`` and ``N [B, Ho, Wo, 1]`` or ``None``.
     """
-    plan = plan._replace(rows=tiling.rows, group=tiling.group)
-    if plan.dense or not tiling.planar:
+    plan = plan._replace(rows=tiling.rows, group=tiling.group,
+                         backward_group=tiling.backward_group)
+    if plan.dense or not tiling.planar or plan.direct:
         return _strips(x_ph, ksrc, v_ph, centre, weight, params, plan._replace(planar=False))
     # Per-channel sums run on planes (see the module docstring); weights become [T, C or 1, 1].
     u, n = _strips(_planes(x_ph), _planes(ksrc), _planes(v_ph), _planes(centre),
@@ -159,7 +170,7 @@ def _strips(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
             return jnp.pad(a, widths)
         return _map(pad, tree)
 
-    if not plan.pads:
+    if not plan.pads and not plan.direct:
         # Only stride phases can be shorter than the rows the strips read.
         x_ph, v_ph = pad_rows(x_ph, 3, need), pad_rows(v_ph, 3, need)
         ksrc = pad_rows(ksrc, 3, need) if plan.fused else ksrc
@@ -185,7 +196,7 @@ def _fresh_rows(cotangent, strip, start, plan: Plan):
 
 def _rows(tree, axis, start, size):
     def rows(a):
-        index = [jnp.zeros((), jnp.int32)] * a.ndim
+        index = [np.int32(0)] * a.ndim
         index[axis] = jnp.asarray(start, jnp.int32)
         shape = list(a.shape)
         shape[axis] = size
@@ -195,7 +206,7 @@ def _rows(tree, axis, start, size):
 
 def _rows_add(acc, update, axis, start, *, add=True):
     def rows_add(a, u):
-        index = [jnp.zeros((), jnp.int32)] * a.ndim
+        index = [np.int32(0)] * a.ndim
         index[axis] = jnp.asarray(start, jnp.int32)
         if add:
             u = lax.dynamic_slice(a, index, u.shape) + u
@@ -215,6 +226,15 @@ def _strip(x_ph, ksrc, v_ph, centre, start, plan: Plan):
 
 def _row_pad(a, n):
     return jnp.pad(a, [(0, 0)] * 3 + [(n, n)] + [(0, 0)] * (a.ndim - 4))
+
+
+def _direct_strip(x_ph, ksrc, v_ph, centre, start, plan: Plan):
+    """:func:`_strip` of a ``plan.direct`` sum: the whole (padded) sources, the kernel's and
+    centre's rows of the strip, the strip's plan and the sources' row of its first output."""
+    assert not plan.fused, "direct strips take a precomputed kernel"
+    inner = plan._replace(window=plan.window.strip(plan.rows), rows=0, pads=(), direct=False)
+    return ((x_ph, _rows(ksrc, 2, start, plan.rows), v_ph, _rows(centre, 1, start, plan.rows)),
+            inner, start)
 
 
 def _padded_rows(tree, axis, start, size, *, plan: Plan):
@@ -242,42 +262,55 @@ def _padded_rows(tree, axis, start, size, *, plan: Plan):
     return _map(rows, tree)
 
 
-def _tap_index(t, plan: Plan):
-    """Start index of tap ``t`` (traced) in a phase-split source."""
-    t = jnp.asarray(t, jnp.int32)
-    ph, pw, row, col = plan.window.tap_start(t)
-    zero = jnp.zeros((), jnp.int32)
-    index = (ph, pw, zero, row, col, zero)
+def _tap_index(t, plan: Plan, row0=0):
+    """Start index of tap ``t`` (traced, >= 0) in a phase-split source whose row ``row0`` is
+    the first output row's (``plan.direct`` strips).
+
+    :meth:`Window.tap_start` with C division (``t >= 0``) and, at stride 1, constant phases:
+    a few HLO ops per tap instead of ~40 (jnp's floor division and, with
+    ``allow_negative_indices=False`` in :func:`_window`, index normalisation), which costs
+    compile time, not run time.
+    """
+    t, zero = jnp.asarray(t, jnp.int32), np.int32(0)
+    win = plan.window
+    tap = (lax.div(t, np.int32(win.kernel_size[1])), lax.rem(t, np.int32(win.kernel_size[1])))
+    if win.tap_stride == (1, 1):
+        ph, pw, row, col = zero, zero, tap[0] * win.dilation[0], tap[1] * win.dilation[1]
+    else:
+        ph, pw, row, col = geo.tap_phase_start(tap, win.tap_stride, win.dilation)
+    index = (ph, pw, zero, row + row0, col, zero)
     return index[:5] if plan.planar else index     # planes have no channel axis
 
 
-def _window(src, t, plan: Plan):
+def _window(src, t, plan: Plan, row0=0):
     """Tap ``t``'s samples of a phase-split source: ``[B, Ho, Wo, C]`` (planes: ``[B, Ho, Wo]``)."""
-    index = _tap_index(t, plan)
+    index = _tap_index(t, plan, row0)
     size = lambda a: (1, 1, a.shape[2], *plan.window.out_size, *a.shape[5:])
-    return _map(lambda a: lax.dynamic_slice(a, index, size(a))[0, 0], src)
+    return _map(lambda a: lax.dynamic_slice(a, index, size(a), allow_negative_indices=False)
+                [0, 0], src)
 
 
-def _window_add(acc, update, t, plan: Plan):
+def _window_add(acc, update, t, plan: Plan, row0=0):
     """Adjoint of :func:`_window`, accumulated in place into ``acc``."""
-    index = _tap_index(t, plan)
+    index = _tap_index(t, plan, row0)
 
     def add(a, u):
-        current = lax.dynamic_slice(a, index, (1, 1, *u.shape))
-        return lax.dynamic_update_slice(a, current + u[None, None], index)
+        current = lax.dynamic_slice(a, index, (1, 1, *u.shape), allow_negative_indices=False)
+        return lax.dynamic_update_slice(a, current + u[None, None], index,
+                                        allow_negative_indices=False)
     return _map(add, acc, update)
 
 
-def _gather(x_ph, ksrc, v_ph, weight, t0, size, plan: Plan):
+def _gather(x_ph, ksrc, v_ph, weight, t0, size, plan: Plan, row0=0):
     """Everything taps ``t0 .. t0 + size - 1`` read."""
     ts = [t0 + g for g in range(size)]
-    xs = tuple(_window(x_ph, t, plan) for t in ts)
+    xs = tuple(_window(x_ph, t, plan, row0) for t in ts)
     if plan.fused:
         ks = tuple(_window(ksrc, t, plan) for t in ts)
     else:
         block = _rows(ksrc, 0, t0, size)
         ks = tuple(_map(lambda a: a[g], block) for g in range(size))
-    vs = None if v_ph is None else tuple(_window(v_ph, t, plan) for t in ts)
+    vs = None if v_ph is None else tuple(_window(v_ph, t, plan, row0) for t in ts)
     return xs, ks, vs, _rows(weight, 0, t0, size)
 
 
@@ -406,16 +439,28 @@ def _over_taps(step, plan: Plan, carry):
     return carry, zero
 
 
+def _as_phases(x):
+    """A ``plan.direct`` input given as ``[B, H, W, C]`` as its one stride phase."""
+    return x[None, None] if getattr(x, "ndim", 6) == 4 else x
+
+
 @functools.partial(autodiff.custom_vjp, nondiff_argnums=(6,))
 def _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
+    x_ph = _as_phases(x_ph)
     if not plan.rows:
         x_ph, ksrc, v_ph = _padded_sources(x_ph, ksrc, v_ph, plan)
         return _taps_forward(x_ph, ksrc, v_ph, centre, weight, params, plan._replace(pads=()))
 
+    if plan.direct:
+        x_ph, ksrc, v_ph = _padded_sources(x_ph, ksrc, v_ph, plan)
+
     def body(strip, carry):
         start = _strip_start(strip, plan)
-        sources, inner = _strip(x_ph, ksrc, v_ph, centre, start, plan)
-        du, dn = _taps_forward(*sources, weight, params, inner)
+        if plan.direct:
+            sources, inner, row0 = _direct_strip(x_ph, ksrc, v_ph, centre, start, plan)
+        else:
+            (sources, inner), row0 = _strip(x_ph, ksrc, v_ph, centre, start, plan), 0
+        du, dn = _taps_forward(*sources, weight, params, inner, row0)
         u, n = carry
         # Written, not added: the moved-up last strip rewrites its overlap with equal values.
         return (_rows_add(u, du, _out_axis(plan), start, add=False),
@@ -440,11 +485,11 @@ def _zero_outputs(x_ph, ksrc, weight, plan: Plan):
     return u0, n0
 
 
-def _taps_forward(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
+def _taps_forward(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, row0=0):
     u0, n0 = _zero_outputs(x_ph, ksrc, weight, plan)
 
     def step(t0, size, carry):
-        xs, ks, vs, ws = _gather(x_ph, ksrc, v_ph, weight, t0, size, plan)
+        xs, ks, vs, ws = _gather(x_ph, ksrc, v_ph, weight, t0, size, plan, row0)
         c = _centre(ksrc, centre, plan)
         du, dn = _group_terms(xs, ks, vs, c, ws, params, plan)
         u, n = carry
@@ -499,6 +544,9 @@ def _window_sum_fwd(x_ph, ksrc, v_ph, centre, weight, params, plan):
 
 def _window_sum_bwd(plan, residuals, cotangents):
     x_in, ksrc_in, v_in, centre, weight, params = residuals
+    if getattr(x_in, "ndim", 6) == 4:
+        dx, *grads = _window_sum_bwd(plan, (_as_phases(x_in), *residuals[1:]), cotangents)
+        return (dx.reshape(x_in.shape), *grads)
     zeros = functools.partial(jax.tree_util.tree_map, jnp.zeros_like)
     dv, dx0, dk0 = zeros(v_in), zeros(x_in), zeros(ksrc_in)    # unpadded with plan.pads
     unpadded = bool(plan.pads)
@@ -511,6 +559,9 @@ def _window_sum_bwd(plan, residuals, cotangents):
             dx = _unpadded_add(dx0, dx, 0, pads_plan)
             dk = _unpadded_add(dk0, dk, 0, pads_plan) if plan.fused else dk
         return dx, dk, dv, dc, dw, dp
+
+    if plan.direct:
+        return _direct_backward(x_in, ksrc_in, v_in, centre, weight, params, plan, cotangents)
 
     def body(strip, carry):
         dx, dk, dc, dw, dp = carry
@@ -533,6 +584,32 @@ def _window_sum_bwd(plan, residuals, cotangents):
     return dx, dk, dv, dc, dw, dp
 
 
+def _direct_backward(x_in, ksrc, v_in, centre, weight, params, plan: Plan, cotangents):
+    """:func:`_window_sum_bwd` of a ``plan.direct`` sum: every strip adds its input gradient
+    straight into one gradient of the whole padded input, cropped to ``x_in`` at the end."""
+    zeros = functools.partial(jax.tree_util.tree_map, jnp.zeros_like)
+    x_ph, _, v_ph = _padded_sources(x_in, ksrc, v_in, plan)
+
+    def body(strip, carry):
+        dx, dk, dc, dw, dp = carry
+        start = _strip_start(strip, plan)
+        sources, inner, row0 = _direct_strip(x_ph, ksrc, v_ph, centre, start, plan)
+        cts = _step_cotangents(cotangents, plan, strip, start)
+        dx, gk, gc, gw, gp = _taps_backward(*sources, weight, params, inner, cts, row0, dx)
+        return (dx, _rows_add(dk, gk, 2, start), _rows_add(dc, gc, 1, start),
+                _map(jnp.add, dw, gw), _map(jnp.add, dp, gp))
+
+    carry = (zeros(x_ph), zeros(ksrc), None if centre is None else zeros(centre),
+             zeros(weight), zeros(params))
+    dx, dk, dc, dw, dp = lax.fori_loop(0, plan.window.strip_count(plan.rows), body, carry)
+    if plan.pads:
+        (top, _), (left, _) = plan.pads
+        dx = _map(lambda a, x: lax.slice(a, (0, 0, 0, top, left, 0),
+                                         (*a.shape[:3], top + x.shape[3], left + x.shape[4],
+                                          a.shape[5])), dx, x_in)
+    return dx, dk, zeros(v_in), dc, dw, dp
+
+
 def _step_cotangents(cotangents, plan: Plan, strip=None, start=0):
     """``(t0, size) -> `` the cotangents of one loop step: of strip ``strip``'s rows (from
     ``start``, the rows an earlier strip covered zeroed), or of the whole output without a
@@ -552,18 +629,20 @@ def _step_cotangents(cotangents, plan: Plan, strip=None, start=0):
     return lambda t0, size: cts
 
 
-def _taps_backward(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, step_cotangents):
+def _taps_backward(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, step_cotangents,
+                   row0=0, dx0=None):
     """Gradients ``(dx, dk, dc, dw, dp)`` of one loop over the taps; ``step_cotangents`` from
-    :func:`_step_cotangents`."""
+    :func:`_step_cotangents`; ``dx`` is added to ``dx0`` (default zeros) from source row
+    ``row0`` on (``plan.direct`` strips)."""
 
     def step(t0, size, carry):
         dx, dk, dc, dw, dp = carry
-        xs, ks, vs, ws = _gather(x_ph, ksrc, v_ph, weight, t0, size, plan)
+        xs, ks, vs, ws = _gather(x_ph, ksrc, v_ph, weight, t0, size, plan, row0)
         terms = lambda xs, ks, c, ws, p: _group_terms(xs, ks, vs, c, ws, p, plan)
         _, vjp = jax.vjp(terms, xs, ks, _centre(ksrc, centre, plan), ws, params)
         gx, gk, gc, gw, gp = vjp(step_cotangents(t0, size))
         for g in range(size):
-            dx = _window_add(dx, gx[g], t0 + g, plan)
+            dx = _window_add(dx, gx[g], t0 + g, plan, row0)
             if plan.fused:
                 dk = _window_add(dk, gk[g], t0 + g, plan)
             else:
@@ -580,8 +659,9 @@ def _taps_backward(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, step_co
     # With plan.centre_tap, dc is the gradient of the centre read from the guide: summed over
     # the taps in the output frame and added to the guide's gradient once, at the end.
     dc0 = _window(ksrc, plan.centre_tap, plan) if plan.centre_tap >= 0 else centre
-    carry = (zeros(x_ph), zeros(ksrc), None if dc0 is None else zeros(dc0), zeros(weight),
-             zeros(params))
+    carry = (zeros(x_ph) if dx0 is None else dx0, zeros(ksrc),
+             None if dc0 is None else zeros(dc0), zeros(weight), zeros(params))
+    plan = plan._replace(group=plan.backward_group or plan.group)
     (dx, dk, dc, dw, dp), zero = _over_taps(step, plan, carry)
     if plan.centre_tap >= 0:
         dk = _window_add(dk, dc, plan.centre_tap + zero, plan)

@@ -19,10 +19,12 @@ class Tiling(NamedTuple):
         channels-last arrays (ignored by dense products).
       rows: output rows per strip (0: the whole output in one piece).
       group: taps per loop step (0: the op's default; see :func:`choose_tiling`).
+      backward_group: taps per step of the engine's backward pass (0: ``group``).
     """
     planar: bool = False
     rows: int = 0
     group: int = 0
+    backward_group: int = 0
 
 
 # Below this many output pixels (B * Ho * Wo) the channels-last programs are as fast as the
@@ -36,9 +38,11 @@ _PLANAR_STRIP_BYTES = 1 << 20
 # pac_kernel strips: one tap's guide window (all channels) is about this big (8 rows of a
 # 1024-wide, 5-channel float32 guide; much larger strips fall out of cache, 2-3x slower).
 _KERNEL_STRIP_BYTES = 160 << 10
-# CRF message bands: a band's tap matrix [pixels, k*k*C] stays in cache.
-_BAND_PIXELS = 1024
-# CRF messages unroll the window rows (one GEMM over all taps) up to this kernel size.
+# CRF messages: one strip's tap matrix [pixels, k*k*C] stays in cache.
+_MESSAGE_STRIP_PIXELS = 1024
+# CRF messages unroll the window rows (one GEMM over all taps) up to this kernel size in the
+# forward pass; the backward pass takes one window row a step (as fast, a third of the compile
+# time).
 _UNROLL_MAX_K = 7
 # impl="auto" uses the patches product only while its window tensor stays this small (bytes).
 _AUTO_PATCHES_MAX_BYTES = 1 << 20
@@ -78,8 +82,8 @@ def choose_tiling(op: str, *, batch: int, out_size: Sequence[int], kernel_size=(
         return Tiling(planar, min(rows, out_h) if planar else 0, 1)
     if op == "message":
         k = kernel_size[0]
-        rows = min(out_h, max(1, _BAND_PIXELS // max(1, batch * out_w)))
-        return Tiling(False, rows, k * k if k <= _UNROLL_MAX_K else k)
+        rows = min(out_h, max(1, _MESSAGE_STRIP_PIXELS // max(1, batch * out_w)))
+        return Tiling(False, rows, k * k if k <= _UNROLL_MAX_K else k, k)
     raise ValueError(f"op must be 'sum', 'kernel' or 'message', got {op!r}")
 
 

@@ -122,9 +122,20 @@ def test_blur_pool_and_upsample_shapes():
     np.testing.assert_allclose(np.asarray(ops.blur_upsample(jnp.ones_like(p), 4, (23, 18))), 1.0)
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_banded_message_matches_pac_conv2d(shared):
-    """The banded message (and its custom VJP) equals the PAC op (several bands, odd sizes)."""
+# (shared filters, dilation, rows per strip, taps per forward step, taps per backward step)
+_MESSAGE_CASES = [
+    (False, 2, 1, 9, 3),    # one-row strips, all taps in one GEMM, a window row a backward step
+    (True, 2, 5, 2, 0),     # a moved-up last strip (37 rows), a remainder tap group
+    (False, 13, 1, 9, 3),   # a halo (26 rows) far taller than the strips, padding 13 > 29 / 2
+    (True, 13, 0, 0, 0),    # the whole image in one piece
+    (False, 2, 0, 0, 0),
+]
+
+
+@pytest.mark.parametrize("shared,dilation,rows,group,backward_group", _MESSAGE_CASES)
+def test_engine_message_matches_pac_conv2d(shared, dilation, rows, group, backward_group):
+    """The message on the tap-loop engine (its custom VJP, strips reading the padded q
+    directly) equals the PAC op's reference, for several tilings and odd sizes."""
     from ppac_jax.ops import crf as crf_ops
     from ppac_jax.ops.tiling import Tiling
     rng = np.random.default_rng(3)
@@ -132,15 +143,21 @@ def test_banded_message_matches_pac_conv2d(shared):
     kern = jnp.asarray(rng.random((2, 37, 29, 3, 3)))
     w = jnp.asarray(rng.normal(size=(3, 3, 1, 1) if shared else (3, 3, 4, 4)))
     ct = jnp.asarray(rng.normal(size=(2, 37, 29, 4)))
+    tiling = Tiling(rows=rows, group=group, backward_group=backward_group)
 
-    def ours(a, b, c):  # several bands and a padded last band
-        return crf_ops._pac_message(a, b, c, dilation=2, shared_filters=shared,
-                                    tiling=Tiling(rows=1, group=9))
+    def ours(a, b, c):
+        return crf_ops._pac_message(a, b, c, dilation=dilation, shared_filters=shared,
+                                    tiling=tiling)
 
     def ref(a, b, c):
-        return ops.pac_conv2d(a, b, c, padding=2, dilation=2, shared_filters=shared,
-                              impl="patches")
+        return ops.pac_conv2d(a, b, c, padding=dilation, dilation=dilation,
+                              shared_filters=shared, impl="patches")
 
+    # the engine really runs (its custom VJP, loops forward and backward); the reference not
+    names = lambda f: {e.primitive.name for e in jax.make_jaxpr(f)(q, kern, w).jaxpr.eqns}
+    assert "call_hi_primitive" in names(ours)    # ops.autodiff.custom_vjp
+    assert names(lambda *a: jax.vjp(ours, *a)[1](ct)) & {"while", "scan"}
+    assert not names(ref) & {"call_hi_primitive", "while", "scan"}
     got, vjp = jax.vjp(ours, q, kern, w)
     got_grads = vjp(ct)
     want, vjp = jax.vjp(ref, q, kern, w)

@@ -3,7 +3,7 @@
 tests), and the keyword-only rule for optional arguments.
 
 Each case calls an op the way that exercises its production path: ``impl="loop"`` for the PAC
-ops with a given kernel, the fused ops (the guided engine), PAC-CRF messages (banded engine),
+ops with a given kernel, the fused ops (the guided engine), PAC-CRF messages (the tap-loop engine),
 and ``pac_kernel``'s planar loop. The jaxpr of every traced transform is checked to contain a
 engine primitive (``ops.autodiff.custom_vjp``) and a loop when the case is an engine case (so
 ``vmap``, ``grad`` and ``jvp`` really reach the engine), and the reference's jaxpr to contain
