@@ -11,6 +11,7 @@ import numbers
 from typing import Iterator, NamedTuple, Sequence, Tuple, Union
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ppac_jax.ops.precision import matmul_precision
@@ -194,10 +195,20 @@ class Window(NamedTuple):
         return pad_spatial(guide, [(p, p) for p in self.guide_pad])
 
     def tap_start(self, t):
-        """``(phase_h, phase_w, row, col)`` of tap ``t`` (row-major, may be traced) in the
-        :func:`phase_split` of the padded input (:func:`tap_phase_start`)."""
+        """``(phase_h, phase_w, row, col)`` of tap ``t`` (row-major; an int, or a traced int32
+        ``>= 0``) in the :func:`phase_split` of the padded input (:func:`tap_phase_start`).
+
+        A traced ``t`` is split with C division and, at stride 1, gets constant phases: a few
+        HLO ops per tap instead of ~40 for floor division (compile time, not run time)."""
         kw = self.kernel_size[1]
-        return tap_phase_start((t // kw, t % kw), self.tap_stride, self.dilation)
+        if isinstance(t, int):
+            tap = (t // kw, t % kw)
+        else:
+            tap = (lax.div(t, np.int32(kw)), lax.rem(t, np.int32(kw)))
+        if self.tap_stride == (1, 1):
+            zero = np.int32(0)
+            return zero, zero, tap[0] * self.dilation[0], tap[1] * self.dilation[1]
+        return tap_phase_start(tap, self.tap_stride, self.dilation)
 
     def strip(self, rows: int) -> "Window":
         """This window restricted to a strip of ``rows`` output rows."""

@@ -264,20 +264,9 @@ def _padded_rows(tree, axis, start, size, *, plan: Plan):
 
 def _tap_index(t, plan: Plan, row0=0):
     """Start index of tap ``t`` (traced, >= 0) in a phase-split source whose row ``row0`` is
-    the first output row's (``plan.direct`` strips).
-
-    :meth:`Window.tap_start` with C division (``t >= 0``) and, at stride 1, constant phases:
-    a few HLO ops per tap instead of ~40 (jnp's floor division and, with
-    ``allow_negative_indices=False`` in :func:`_window`, index normalisation), which costs
-    compile time, not run time.
-    """
-    t, zero = jnp.asarray(t, jnp.int32), np.int32(0)
-    win = plan.window
-    tap = (lax.div(t, np.int32(win.kernel_size[1])), lax.rem(t, np.int32(win.kernel_size[1])))
-    if win.tap_stride == (1, 1):
-        ph, pw, row, col = zero, zero, tap[0] * win.dilation[0], tap[1] * win.dilation[1]
-    else:
-        ph, pw, row, col = geo.tap_phase_start(tap, win.tap_stride, win.dilation)
+    the first output row's (``plan.direct`` strips)."""
+    ph, pw, row, col = plan.window.tap_start(jnp.asarray(t, jnp.int32))
+    zero = np.int32(0)
     index = (ph, pw, zero, row + row0, col, zero)
     return index[:5] if plan.planar else index     # planes have no channel axis
 
