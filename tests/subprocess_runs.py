@@ -1,5 +1,5 @@
-"""Helpers shared by the tests that train in a subprocess: read its logged losses, and kill it
-(SIGKILL) once a checkpoint is committed."""
+"""Helpers shared by the tests that train in a subprocess: its environment, its logged losses,
+and killing it (SIGKILL) once a checkpoint is committed."""
 
 import json
 import os
@@ -8,6 +8,25 @@ import time
 
 import numpy as np
 import pytest
+
+from tests.golden import REPO
+
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+OPTIMIZATION_FLAG = "--xla_backend_optimization_level"
+
+
+def subprocess_env(devices=None, *, default_optimization=False):
+    """The environment of an experiment run in a subprocess: this checkout on PYTHONPATH, CPU,
+    the session's XLA flags (tests/conftest.py) and ``devices`` simulated CPU devices (default:
+    XLA's one, whatever device count the caller's XLA_FLAGS set). ``default_optimization``:
+    without the session's LLVM optimisation level (XLA's default level)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    dropped = (DEVICE_COUNT_FLAG,) + ((OPTIMIZATION_FLAG,) if default_optimization else ())
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(dropped)]
+    if devices:
+        flags.append(f"{DEVICE_COUNT_FLAG}={devices}")
+    env["XLA_FLAGS"] = " ".join(flags)
+    return env
 
 
 def logged_losses(workdir):
