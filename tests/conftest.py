@@ -11,13 +11,6 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"ppac-jax-tests-xla-{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-# Every program of the run (workers and subprocesses) is compiled without LLVM optimisation:
-# compiling dominates these small tests, and about a fifth less CPU goes into it; the HLO
-# passes and the numerics (no fast math either way) are those of the default level. A
-# caller's own level wins.
-_flags = os.environ.get("XLA_FLAGS", "")
-if "--xla_backend_optimization_level" not in _flags:
-    os.environ["XLA_FLAGS"] = f"{_flags} --xla_backend_optimization_level=0".strip()
 
 import jax
 import pytest
