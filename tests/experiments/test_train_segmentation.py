@@ -24,7 +24,8 @@ SMOKE = ["--smoke", "--no_progress"]
 
 def _env(devices=None):
     # XLA's default optimisation level: after 6 float32 Adam steps the 4-device run matches the
-    # 1-device run to TOL there, not at the session's level 0 (10 of 5625 weights 2.6e-5 off)
+    # 1-device run to TOL there, not at the level 0 of the other subprocess runs (10 of 5625
+    # weights 2.6e-5 off)
     return subprocess_env(devices, default_optimization=True)
 
 
