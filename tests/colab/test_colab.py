@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from tests.golden import REPO, shared_dir
+from tests.subprocess_runs import xla_flags
 
 ROOT = REPO
 NOTEBOOKS = sorted((ROOT / "colab").glob("*.py"))
@@ -74,7 +75,8 @@ def test_notebook_runs_in_small_mode_and_saves_pictures(script, tmp_path):
     out.mkdir()
     env = dict(os.environ, PYTHONPATH=str(ROOT), PPAC_NOTEBOOK_SMALL="1",
                PPAC_NOTEBOOK_OUT=str(out), MPLBACKEND="Agg",
-               TMPDIR=str(tmp_path))  # the notebooks' training workdirs (tempfile) go here
+               TMPDIR=str(tmp_path),  # the notebooks' training workdirs (tempfile) go here
+               XLA_FLAGS=xla_flags())
     checkpoint = _checkpoint()
     if checkpoint is not None:
         env["PPAC_SINTEL_CHECKPOINT"] = str(checkpoint)

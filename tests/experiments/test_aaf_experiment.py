@@ -18,6 +18,7 @@ from ppac_jax import losses
 from ppac_jax.train.aaf import (TABLES_KEY, AAFTables, aaf_param_labels, draw_size_weights,
                                 segmenter_loss, size_weight_record)
 from tests import golden
+from tests.subprocess_runs import subprocess_env
 
 REPO = str(golden.REPO)
 KW = dict(num_classes=3, step=5, num_steps=50)
@@ -74,7 +75,7 @@ def test_tables_in_a_model_are_labelled_for_ascent_and_recorded(tmp_path):
 @pytest.mark.slow
 def test_experiment_trains_the_segmenter_with_aaf(tmp_path):
     workdir = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=REPO)
+    env = subprocess_env()
     cmd = [sys.executable, "-m", "experiments.train_segmentation", "--smoke", "--no_progress",
            "--workdir", str(workdir), "--set", "method=segmenter", "--set", "loss=aaf",
            "--set", "tables_lr=5.0"]

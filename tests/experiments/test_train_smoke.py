@@ -9,14 +9,14 @@ import pytest
 
 from experiments.train_flow import main as train_flow
 from tests import golden
+from tests.subprocess_runs import subprocess_env
 
 ROOT = str(golden.REPO)
 
 
 def _run(args):
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
-    return subprocess.run([sys.executable, "-m", "experiments.train_flow", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "experiments.train_flow", *args],
+                          env=subprocess_env(),
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
 
 

@@ -23,26 +23,30 @@ def _random(seed):
     return lambda *shape: jnp.asarray(rng.standard_normal(shape)), rng
 
 
-def _compare(two_step, fused, args, seed):
-    """Outputs and every gradient (vjp with a random cotangent) of two functions, float64."""
+def _compare(two_step, fused, args, seed, *more):
+    """Outputs and every gradient (vjp with a random cotangent) of ``fused`` (and of each
+    function in ``more``) against ``two_step``, float64, in one compiled program."""
     r, _ = _random(seed)
     cot = jax.tree_util.tree_map(lambda a: r(*a.shape), jax.eval_shape(two_step, *args))
 
     @jax.jit
-    def both(args, cot):
-        out_a, vjp_a = jax.vjp(two_step, *args)
-        out_b, vjp_b = jax.vjp(fused, *args)
-        return (out_a, vjp_a(cot)), (out_b, vjp_b(cot))
+    def all_of(args, cot):
+        results = []
+        for fn in (two_step, fused, *more):
+            out, vjp = jax.vjp(fn, *args)
+            results.append((out, vjp(cot)))
+        return results
 
-    res_a, res_b = both(args, cot)
+    res_a, *others = all_of(args, cot)
     leaves_a = jax.tree_util.tree_leaves(res_a)
-    leaves_b = jax.tree_util.tree_leaves(res_b)
-    assert len(leaves_a) == len(leaves_b)
-    for i, (a, b) in enumerate(zip(leaves_a, leaves_b)):
-        assert a.shape == b.shape, i
-        scale = float(jnp.max(jnp.abs(a))) + 1e-30
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=RTOL, atol=RTOL * scale,
-                                   err_msg=f"leaf {i}")
+    for n, res_b in enumerate(others):
+        leaves_b = jax.tree_util.tree_leaves(res_b)
+        assert len(leaves_a) == len(leaves_b)
+        for i, (a, b) in enumerate(zip(leaves_a, leaves_b)):
+            assert a.shape == b.shape, i
+            scale = float(jnp.max(jnp.abs(a))) + 1e-30
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=RTOL,
+                                       atol=RTOL * scale, err_msg=f"function {n + 1}, leaf {i}")
 
 
 # (kernel, stride, padding, dilation, shared, kernel_type, asym, smooth, normalize, mask)
@@ -338,8 +342,7 @@ def test_fused_row_strips_match_two_step(case):
         return pac_mod._pac_conv2d(x, kern, weight, shared_filters=shared, impl="loop",
                                    tiling=strips, **geom)
 
-    _compare(two_step, fused, (x, guide, weight), seed=8)
-    _compare(two_step, loop, (x, guide, weight), seed=8)
+    _compare(two_step, fused, (x, guide, weight), 8, loop)
 
 
 @pytest.mark.parametrize("s,d", [(1, 1), (2, 2)])

@@ -17,18 +17,11 @@ import pytest
 from ppac_jax.data.datasets import synthetic_flow_dataset
 from tests import golden
 from tests.subprocess_runs import kill_after_checkpoint, logged_losses
+from tests.subprocess_runs import subprocess_env as _env
 
 ROOT = str(golden.REPO)
 STEPS = 4
 TOL = 1e-5
-
-
-def _env(devices=None):
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
-    if devices:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return env
 
 
 def _helper(data, workdir, out=None, steps=STEPS, extra=()):
