@@ -160,6 +160,13 @@ def _cases():
             x, c, g, w, wn, padding=1, shared_filters=sh), sh=sh),
          (x, conf, guide, ws if sh else w, _rand(7, 3, 3, 1, 1) if sh else _rand(7, 3, 3, C, 4)))
         for sh in (False, True)]
+    cases["fused_normalized_pac_conv2d"] = [
+        (f"shared_{sh}", functools.partial(lambda x, g, w, wn, sh: ops.fused_normalized_pac_conv2d(
+            x, g, w, wn, padding=1, shared_filters=sh), sh=sh),
+         (x, guide, ws if sh else w, _rand(7, 3, 3, 1, 1) if sh else _rand(7, 3, 3, C, 4)))
+        for sh in (False, True)]
+    cases["fused_pac_conv2d"].append(("channel_wise", lambda x, g, w: ops.fused_pac_conv2d(
+        x, g, w, padding=1, shared_filters=True, channel_wise=True), (x, _rand(4, B, H, W, C), ws)))
 
     terms, params = _crf_terms(), _crf_params()
     q, image = _positive(10, B, 8, 9, 3), _rand(11, B, 8, 9, 3)
