@@ -183,8 +183,8 @@ def _fused_normalized_pac_conv2d(x, guide, weight, weight_norm, bias=None, *, st
     x_pad = win.pad_input(x)
     stacked = jnp.concatenate([x, jnp.ones((*x.shape[:3], 1), x.dtype)], axis=-1)
     stacked_pad = jnp.concatenate([x_pad, jnp.ones((*x_pad.shape[:3], 1), x.dtype)], axis=-1)
-    return _one_pass_ratio(stacked, stacked_pad, guide, weight,
-                           weight_norm, bias, win, shared_filters,
+    return _one_pass_ratio(stacked, stacked_pad, guide, weight, weight_norm, bias, win,
+                           shared_filters,
                            _spec(guide, kernel_type, asym, inv_alpha, inv_lambda, False),
                            smooth_kernel, tiling)
 
