@@ -118,11 +118,7 @@ def _pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_p
             norm = jnp.sum(kern, axis=(3, 4), keepdims=True)
             kern = kern / (norm + (norm == 0).astype(dtype))
         if mask is not None:
-            valid_count = jnp.sum(valid, axis=(3, 4))
-            real_count = jnp.sum(pattern, axis=(3, 4))
-            # Fraction of real taps that are valid; 0 (not 0/0) for windows with no real tap.
-            ratio = jnp.where(real_count == 0, 0,
-                              valid_count / jnp.where(real_count == 0, 1, real_count))
+            ratio = valid_fraction(jnp.sum(valid, axis=(3, 4)), jnp.sum(pattern, axis=(3, 4)))
             ratio = jnp.broadcast_to(ratio, (batch, *out_size))
             if not normalize:
                 r = ratio[:, :, :, None, None]
@@ -135,6 +131,12 @@ def _pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_p
     if output_mask is not None:
         output_mask = output_mask.astype(out_dtype)
     return kern, output_mask
+
+
+def valid_fraction(valid_count, real_count):
+    """The fraction of a window's real (in-image) taps that a mask marks valid, by which an
+    unnormalised masked kernel is rescaled; 0 (not 0/0) for a window without a real tap."""
+    return jnp.where(real_count == 0, 0, valid_count / jnp.where(real_count == 0, 1, real_count))
 
 
 def _normalized_exp(log_kernel, valid):

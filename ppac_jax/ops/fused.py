@@ -17,7 +17,7 @@ from jax import lax
 
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops import tap_loop
-from ppac_jax.ops.adapting_kernel import centre_features
+from ppac_jax.ops.adapting_kernel import centre_features, valid_fraction
 from ppac_jax.ops.kernel import compute_dtype, kernel_spec
 from ppac_jax.ops.pac import _add_bias, _check_weight
 from ppac_jax.ops.precision import matmul_precision
@@ -269,10 +269,8 @@ def _fused(x, guide, win: geo.Window, weight, bias, shared_filters, spec_params,
         valid_map = ones if mask is None else lax.stop_gradient(mask).astype(dtype)
         valid = win.pad_input(valid_map)
         if mask is not None:
-            valid_count = _window_count(valid, win)
-            real_count = _window_count(win.pad_input(ones), win)
-            ratio = jnp.where(real_count == 0, 0,
-                              valid_count / jnp.where(real_count == 0, 1, real_count))
+            ratio = valid_fraction(_window_count(valid, win),
+                                   _window_count(win.pad_input(ones), win))
 
     if shared_filters:
         w = weight[:, :, 0, :].reshape(win.taps, -1)
