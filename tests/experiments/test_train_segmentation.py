@@ -14,8 +14,7 @@ from experiments.train_segmentation import main as train_segmentation
 from ppac_jax import convert
 from tests import golden
 from tests.data.test_segmentation import voc_folder
-from tests.subprocess_runs import kill_after_checkpoint, logged_losses
-from tests.subprocess_runs import subprocess_env
+from tests.subprocess_runs import kill_after_checkpoint, logged_losses, subprocess_env
 
 ROOT = str(golden.REPO)
 TOL = 1e-5

@@ -135,6 +135,19 @@ def test_fused_transpose_matches_two_step(case):
     _compare(two_step, fused, (x, guide, weight, alpha, lam), seed=2)
 
 
+def _ppac_weights(r, shared, k, c, o):
+    """``(|W|, W_norm, bias)`` of a PPAC layer: ``[k, k, 1, 1]`` shared or ``[k, k, c, o]``."""
+    weight = jnp.abs(r(k, k, 1, 1) if shared else r(k, k, c, o))
+    return weight, r(*weight.shape) * 0.3, r(c if shared else o)
+
+
+def _unnormalized_kwargs(kernel_type, alpha, lam):
+    """Kernel options of the PPAC ops (which take no ``normalize``)."""
+    kwargs = _kernel_kwargs(kernel_type, False, False, False, alpha, lam, None)
+    kwargs.pop("normalize")
+    return kwargs
+
+
 @pytest.mark.parametrize("shared,k,s,p,kt,planar", [
     (True, 5, 1, 2, "gaussian", False), (False, 3, 1, 0, "gaussian", False),
     (False, 3, 2, 1, "inv", False), (True, 3, 1, 1, "inv", False),
@@ -146,16 +159,10 @@ def test_fused_prob_matches_two_step(shared, k, s, p, kt, planar):
     b, h, w, c, o, depth = 2, 9, 8, 3, 4, 2
     x, guide = r(b, h, w, c), r(b, h, w, depth)
     conf = jnp.asarray(rng.random((b, h, w, 1)))
-    weight = jnp.abs(r(k, k, 1, 1) if shared else r(k, k, c, o))
-    weight_norm = r(*weight.shape) * 0.3
-    bias = r(c if shared else o)
+    weight, weight_norm, bias = _ppac_weights(r, shared, k, c, o)
     alpha, lam = jnp.asarray(0.3), jnp.asarray(0.5)
     geom = dict(stride=s, padding=p)
-
-    def kw(alpha, lam):
-        kwargs = _kernel_kwargs(kt, False, False, False, alpha, lam, None)
-        kwargs.pop("normalize")
-        return kwargs
+    kw = functools.partial(_unnormalized_kwargs, kt)
 
     def two_step(x, conf, guide, weight, weight_norm, bias, alpha, lam):
         kern, _ = ops.pac_kernel(guide, k, **geom, **kw(alpha, lam))
@@ -179,16 +186,10 @@ def test_fused_normalized_matches_two_step(shared, k, s, p, kt, planar):
     r, _ = _random(k * 100 + s + int(shared))
     b, h, w, c, o, depth = 2, 8, 9, 3, 2, 2
     x, guide = r(b, h, w, c), r(b, h, w, depth)
-    weight = jnp.abs(r(k, k, 1, 1) if shared else r(k, k, c, o))
-    weight_norm = r(*weight.shape) * 0.3
-    bias = r(c if shared else o)
+    weight, weight_norm, bias = _ppac_weights(r, shared, k, c, o)
     alpha, lam = jnp.asarray(0.3), jnp.asarray(0.5)
     geom = dict(stride=s, padding=p)
-
-    def kw(alpha, lam):
-        kwargs = _kernel_kwargs(kt, False, False, False, alpha, lam, None)
-        kwargs.pop("normalize")
-        return kwargs
+    kw = functools.partial(_unnormalized_kwargs, kt)
 
     def two_step(x, guide, weight, weight_norm, bias, alpha, lam):
         kern, _ = ops.pac_kernel(guide, k, **geom, **kw(alpha, lam))
