@@ -32,6 +32,7 @@ from ppac_jax.ops import tap_loop
 from ppac_jax.ops.adapting_kernel import pac_kernel
 from ppac_jax.ops.kernel import compute_dtype
 from ppac_jax.ops.precision import matmul_precision
+from ppac_jax.ops.resample import resize_axis
 from ppac_jax.ops.tiling import choose_tiling
 
 COMPAT_TYPES = ("na", "4d", "2d", "potts")
@@ -219,23 +220,6 @@ def blur_pool(x, blur: int):
     return total / count
 
 
-def _upsample_axis(x, axis: int, blur: int, out_len: int, offset: int):
-    """Bilinear (align_corners=False) upsampling by ``blur`` along ``axis``, rows
-    ``offset .. offset + out_len`` of the upsampled axis only."""
-    n = x.shape[axis]
-    dst = np.arange(offset, offset + out_len, dtype=np.float64)
-    src = np.maximum((dst + 0.5) / blur - 0.5, 0.0)
-    lo = np.floor(src).astype(np.int64)
-    frac = src - lo
-    lo = np.minimum(lo, n - 1)
-    hi = np.minimum(lo + 1, n - 1)
-    shape = [1] * x.ndim
-    shape[axis] = out_len
-    frac = jnp.asarray(frac.reshape(shape), x.dtype)
-    return (jnp.take(x, jnp.asarray(lo), axis=axis) * (1 - frac)
-            + jnp.take(x, jnp.asarray(hi), axis=axis) * frac)
-
-
 def blur_upsample(x, blur: int, out_size):
     """Undo :func:`blur_pool`'s resolution change: bilinear upsampling by ``blur``
     (PyTorch ``interpolate(scale_factor=b, mode="bilinear", align_corners=False)``), then the
@@ -257,7 +241,8 @@ def blur_upsample(x, blur: int, out_size):
         if x.shape[1 + a] != expected:
             raise ValueError(f"x spatial size {x.shape[1:3]} is not the blurred size of "
                              f"{tuple(out_size)} with blur={blur}")
-        x = _upsample_axis(x, 1 + a, blur, out_size[a], blur_padding(out_size[a], blur))
+        crop = (blur_padding(out_size[a], blur), out_size[a])
+        x = resize_axis(x, 1 + a, x.shape[1 + a] * blur, crop=crop)
     return x
 
 

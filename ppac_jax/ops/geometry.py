@@ -196,7 +196,9 @@ class Window(NamedTuple):
 
     def tap_start(self, t):
         """``(phase_h, phase_w, row, col)`` of tap ``t`` (row-major; an int, or a traced int32
-        ``>= 0``) in the :func:`phase_split` of the padded input (:func:`tap_phase_start`).
+        ``>= 0``) in the :func:`phase_split` of the padded input: output ``(y, x)`` of tap
+        ``(i, j)`` reads phase ``(i*dh mod sh, j*dw mod sw)`` at ``(y + i*dh div sh,
+        x + j*dw div sw)``, the sample :meth:`tap_slice` reads.
 
         A traced ``t`` is split with C division and, at stride 1, gets constant phases: a few
         HLO ops per tap instead of ~40 for floor division (compile time, not run time)."""
@@ -205,10 +207,12 @@ class Window(NamedTuple):
             tap = (t // kw, t % kw)
         else:
             tap = (lax.div(t, np.int32(kw)), lax.rem(t, np.int32(kw)))
+        oi, oj = tap[0] * self.dilation[0], tap[1] * self.dilation[1]
         if self.tap_stride == (1, 1):
             zero = np.int32(0)
-            return zero, zero, tap[0] * self.dilation[0], tap[1] * self.dilation[1]
-        return tap_phase_start(tap, self.tap_stride, self.dilation)
+            return zero, zero, oi, oj
+        (sh, sw) = self.tap_stride
+        return oi % sh, oj % sw, oi // sh, oj // sw
 
     def strip(self, rows: int) -> "Window":
         """This window restricted to a strip of ``rows`` output rows."""
@@ -325,24 +329,13 @@ def phase_split(x, stride: Pair):
     """Split ``[B, H, W, C]`` into its stride phases: ``[sh, sw, B, ceil(H/sh), ceil(W/sw), C]``.
 
     Phase ``(p, q)`` holds ``x[:, p::sh, q::sw]`` (zero padded at the end to a common size), so
-    a strided tap becomes a contiguous window of one phase (:func:`tap_phase_start`).
+    a strided tap becomes a contiguous window of one phase (:meth:`Window.tap_start`).
     """
     sh, sw = stride
     b, h, w, c = x.shape
     hq, wq = -(-h // sh), -(-w // sw)
     x = pad_spatial(x, [(0, hq * sh - h), (0, wq * sw - w)])
     return x.reshape(b, hq, sh, wq, sw, c).transpose(2, 4, 0, 1, 3, 5)
-
-
-def tap_phase_start(tap, stride: Pair, dilation: Pair):
-    """``(phase_h, phase_w, row, col)``: where tap ``(i, j)`` starts in :func:`phase_split`.
-
-    Output ``(y, x)`` of tap ``(i, j)`` reads phase ``(i*dh mod sh, j*dw mod sw)`` at
-    ``(y + i*dh div sh, x + j*dw div sw)``, the same sample as :func:`tap_slice`. Works for
-    Python ints and traced integer scalars alike.
-    """
-    oi, oj = tap[0] * dilation[0], tap[1] * dilation[1]
-    return oi % stride[0], oj % stride[1], oi // stride[0], oj // stride[1]
 
 
 def strip_start(strip, rows, total):

@@ -38,13 +38,17 @@ def bilinear_taps(n_in: int, n_out: int, *, align_corners: bool = False):
     return i0, i1, src - i0
 
 
-def _resize_axis(x, axis: int, n_out: int, align_corners: bool):
+def resize_axis(x, axis: int, n_out: int, align_corners: bool = False, crop=None):
+    """:func:`resize_bilinear` along one axis; ``crop = (start, length)`` keeps only those
+    output rows (computed alone)."""
     n_in = x.shape[axis]
-    if n_in == n_out:
+    if n_in == n_out and crop is None:
         return x
     i0, i1, w1 = bilinear_taps(n_in, n_out, align_corners=align_corners)
+    if crop is not None:
+        i0, i1, w1 = (v[crop[0]:crop[0] + crop[1]] for v in (i0, i1, w1))
     shape = [1] * x.ndim
-    shape[axis] = n_out
+    shape[axis] = len(w1)
     w1 = jnp.asarray(w1.reshape(shape), x.dtype)
     return (jnp.take(x, jnp.asarray(i0), axis=axis) * (1 - w1)
             + jnp.take(x, jnp.asarray(i1), axis=axis) * w1)
@@ -73,7 +77,7 @@ def resize_bilinear(x, size: Sequence[int], *, align_corners: bool = False):
     h, w = geo.check_positive(size, "size")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.float32)
-    return _resize_axis(_resize_axis(x, 1, h, align_corners), 2, w, align_corners)
+    return resize_axis(resize_axis(x, 1, h, align_corners), 2, w, align_corners)
 
 
 def max_pool_ceil(x, *, window: int = 2, stride: int = 2):

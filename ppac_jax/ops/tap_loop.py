@@ -1,4 +1,4 @@
-"""The loop-over-taps engine behind the fused PAC ops and ``impl="loop"``.
+"""The loop-over-taps engine behind every windowed product of the ops.
 
 One window sum ::
 
@@ -8,30 +8,24 @@ One window sum ::
 where ``x_t`` (and the guide samples ``g_t``, the validity ``v_t``) are the samples tap ``t``
 reads, and ``K_t`` is either a slice of a precomputed kernel or computed on the fly from
 ``g_t`` and the window centre (the *fused* form). A ``lax.fori_loop`` walks over groups of
-taps; a custom VJP walks over them again in the backward pass and recomputes every per-tap
-quantity, so neither the ``kh * kw`` shifted copies of the input nor the ``[B, Ho, Wo, kh, kw]``
-kernel is ever held: memory is a few input-sized buffers whatever the kernel size.
+taps, and over strips of output rows; one custom VJP walks over them again in the backward
+pass and recomputes every per-tap quantity, so neither the ``kh * kw`` shifted copies of the
+input nor the ``[B, Ho, Wo, kh, kw]`` kernel is ever held.
 
-The contraction of a step's taps (:func:`_group_terms`) is one of: *dense* (``W_t`` a
-``C x O`` matrix: one matmul over the group's taps and channels), *per-channel* (``W_t`` one
-scalar per channel, or one for all: shared filters, pooling, depthwise and PPAC products), or
-*write the kernel out* (``Plan.kernel_out``: the result is ``K`` itself, tap-major, which is
-how :func:`ppac_jax.ops.pac_kernel` runs, :func:`window_kernel`). A new contraction is a branch
-there (forward terms only; the custom VJP differentiates them with ``jax.vjp`` per step).
+The contraction of a step's taps (:func:`_group_terms`) is *dense* (``W_t`` a ``C x O``
+matrix: one matmul over the group's taps and channels), *per-channel* (``W_t`` one scalar per
+channel, or one for all: shared filters, pooling, depthwise and PPAC products), or *write the
+kernel out* (``Plan.kernel_out``: the result is ``K`` itself, tap-major; :func:`window_kernel`,
+behind :func:`ppac_jax.ops.pac_kernel`). A new contraction is a branch there (forward terms
+only; the custom VJP differentiates them with ``jax.vjp`` per step).
 
-Per-channel sums (not ``dense``) run on *planes*: every channel is a separate array without
-a channel axis (a tuple of arrays where the dense layout has one array). With channels last,
-XLA's CPU code for the per-tap elementwise work (a distance over 5 guide channels, a product
-with 3 input channels) runs over a tiny innermost axis; one stacked channels-first array was
-also ~4x slower than separate planes, which vectorise over the image width (PPAC layer at
-436x1024: forward 0.41 s -> 0.02-0.05 s, forward+backward 1.1 s -> ~0.4 s, measured).
-:func:`window_sum` splits and re-stacks; the dense sums stay channels-last, where each tap is a
-matmul over the channels.
+Per-channel sums of large images run on *planes* (a tuple of per-channel arrays without a
+channel axis, :func:`_planes`): XLA CPU vectorises their elementwise work over the image width,
+where channels-last arrays put a tiny channel axis innermost. Dense sums stay channels-last,
+where each tap is a matmul over the channels.
 
-Strided windows become contiguous dynamic slices by splitting each source into its
-``stride`` phases first (:func:`to_phases`): tap ``(i, j)`` reads phase
-``(i*dh mod sh, j*dw mod sw)`` from offset ``(i*dh div sh, j*dw div sw)``. This agrees with
-:func:`ppac_jax.ops.geometry.tap_slice` (tested).
+Strided windows become contiguous dynamic slices of the sources' stride phases
+(:func:`ppac_jax.ops.geometry.phase_split`, :meth:`~ppac_jax.ops.geometry.Window.tap_start`).
 """
 
 from __future__ import annotations
@@ -62,25 +56,22 @@ class Plan(NamedTuple):
     # fused gaussian: the centre array's last channel is a per-pixel shift m of the squared
     # distance, K_t = exp(-(d_t - m) / 2) (see window_min_distance)
     shifted: bool = False
-    # set from the Tiling (window_sum): output rows per strip (0: none), taps per step (0: one
-    # window row), sources and results as tuples of per-channel planes
+    # from the Tiling (window_sum): output rows per strip (0: none), taps per step (0: one
+    # window row) and of the backward pass (0: group), sources as tuples of per-channel planes
     rows: int = 0
     group: int = 0
+    backward_group: int = 0
     planar: bool = False
-    backward_group: int = 0   # taps per step of the backward pass (0: group)
-    # ((top, bottom), (left, right)): the sources are given unpadded (stride 1 only) and zero
-    # padded inside the custom VJP, whose backward accumulates their gradients unpadded: no
-    # padded gradient buffers (and no padded copies held between forward and backward).
+    # ((top, bottom), (left, right)): the sources come unpadded (stride 1) and are zero padded
+    # inside the custom VJP, whose backward accumulates their gradients unpadded
     pads: tuple = ()
-    # "write the kernel out": the result is the kernel itself, tap-major [T, B, Ho, Wo] (fused,
-    # planar; no input, weight or validity): pac_kernel's contraction (window_kernel)
+    # the result is the kernel itself, tap-major [T, B, Ho, Wo] (fused, planar; no input,
+    # weight or validity): window_kernel
     kernel_out: bool = False
-    # strips read their taps straight from the whole (padded) sources instead of from copies of
-    # their rows + halo (precomputed kernels, channels-last only): for widely dilated windows,
-    # whose halo is many strips tall, the copies would move ~halo / rows times the image per
-    # sum. With ``pads`` the sources are padded whole inside the custom VJP (and their
-    # gradients cropped). The input may be given as ``[B, H, W, C]`` (stride 1): the custom
-    # VJP then keeps the caller's own array, not a reshaped copy (a loop saves it once).
+    # strips read their taps from the whole (padded) sources, not from copies of their rows
+    # + halo, which for a widely dilated window would move ~halo / rows times the image per sum
+    # (precomputed kernels, channels-last). The input may be [B, H, W, C] (stride 1): the
+    # custom VJP then saves the caller's array, not a reshaped copy.
     direct: bool = False
 
 
@@ -93,8 +84,8 @@ def _planes(a):
     """``a`` split along its last (channel) axis into a tuple of planes (``None`` stays)."""
     if a is None:
         return None
-    # Through one channels-first transpose: its gradient is one transpose back, where slices
-    # of the last axis had one strided scatter per channel (several times slower, measured).
+    # Through one channels-first transpose: its gradient is one transpose back (slices of the
+    # last axis had one slow strided scatter per channel).
     channels_first = jnp.moveaxis(a, -1, 0)
     return tuple(channels_first[i] for i in range(a.shape[-1]))
 
@@ -157,27 +148,18 @@ def _out_axis(plan: Plan) -> int:
 def _strips(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
     """:func:`window_sum` in the plan's layout, output rows in strips of ``plan.rows``."""
     out_h = plan.window.out_size[0]
-    rows = plan.rows
-    if rows == 0 or rows >= out_h:
+    if plan.rows == 0 or plan.rows >= out_h:
         return _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan._replace(rows=0))
     # Every strip has `rows` rows; the last one is moved up to end at the last output row
     # (see _strip_start), so no source, kernel or output is padded to a whole number of strips.
-    need = out_h + plan.window.halo
-
-    def pad_rows(tree, axis, size):
-        def pad(a):
-            if a.shape[axis] >= size:
-                return a
-            widths = [(0, 0)] * a.ndim
-            widths[axis] = (0, size - a.shape[axis])
-            return jnp.pad(a, widths)
-        return _map(pad, tree)
-
     if not plan.pads and not plan.direct:
         # Only stride phases can be shorter than the rows the strips read.
-        x_ph, v_ph = pad_rows(x_ph, 3, need), pad_rows(v_ph, 3, need)
-        ksrc = pad_rows(ksrc, 3, need) if plan.fused else ksrc
-    return _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan._replace(rows=rows))
+        need = out_h + plan.window.halo
+        pad = lambda a: jnp.pad(a, [(0, 0)] * 3 + [(0, max(0, need - a.shape[3]))]
+                                + [(0, 0)] * (a.ndim - 4))
+        x_ph, v_ph = _map(pad, x_ph), _map(pad, v_ph)
+        ksrc = _map(pad, ksrc) if plan.fused else ksrc
+    return _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan)
 
 
 def _strip_start(strip, plan: Plan):
@@ -218,26 +200,23 @@ def _rows_add(acc, update, axis, start, *, add=True):
 
 
 def _strip(x_ph, ksrc, v_ph, centre, start, plan: Plan):
-    """The sources of output rows ``start .. start + plan.rows - 1`` and the strip's plan."""
+    """``(sources, plan, row0)`` of output rows ``start .. start + plan.rows - 1``: copies of
+    the source rows the strip reads (zero padded by ``plan.pads``) and ``row0 = 0``, or, with
+    ``plan.direct``, the whole (padded) sources and ``row0 = start``; the kernel's and the
+    centre's rows of the strip."""
+    inner = plan._replace(window=plan.window.strip(plan.rows), rows=0, pads=(), direct=False)
+    centre = _rows(centre, 1, start, plan.rows)
+    if plan.direct:
+        assert not plan.fused, "direct strips take a precomputed kernel"
+        return (x_ph, _rows(ksrc, 2, start, plan.rows), v_ph, centre), inner, start
     span = plan.rows + plan.window.halo
-    inner = plan._replace(window=plan.window.strip(plan.rows), rows=0, pads=())
     rows = functools.partial(_padded_rows, plan=plan) if plan.pads else _rows
     ks = rows(ksrc, 3, start, span) if plan.fused else _rows(ksrc, 2, start, plan.rows)
-    return (rows(x_ph, 3, start, span), ks, rows(v_ph, 3, start, span),
-            _rows(centre, 1, start, plan.rows)), inner
+    return (rows(x_ph, 3, start, span), ks, rows(v_ph, 3, start, span), centre), inner, 0
 
 
 def _row_pad(a, n):
     return jnp.pad(a, [(0, 0)] * 3 + [(n, n)] + [(0, 0)] * (a.ndim - 4))
-
-
-def _direct_strip(x_ph, ksrc, v_ph, centre, start, plan: Plan):
-    """:func:`_strip` of a ``plan.direct`` sum: the whole (padded) sources, the kernel's and
-    centre's rows of the strip, the strip's plan and the sources' row of its first output."""
-    assert not plan.fused, "direct strips take a precomputed kernel"
-    inner = plan._replace(window=plan.window.strip(plan.rows), rows=0, pads=(), direct=False)
-    return ((x_ph, _rows(ksrc, 2, start, plan.rows), v_ph, _rows(centre, 1, start, plan.rows)),
-            inner, start)
 
 
 def _padded_rows(tree, axis, start, size, *, plan: Plan):
@@ -403,8 +382,8 @@ def _steps(plan: Plan):
     group = plan.group
     if group < 1:
         # Several taps per step amortise the per-step overhead and feed the dense product one
-        # matmul over group * C channels (2x faster than one tap a step, measured); at most 3
-        # keeps the step's temporaries (and so the op's memory) independent of the kernel size.
+        # matmul over group * C channels; at most 3 keeps the step's temporaries (and so the
+        # op's memory) independent of the kernel size.
         group = min(plan.window.kernel_size[1], 3) if plan.dense else plan.window.kernel_size[1]
     group = min(group, taps)
     return group, taps // group, taps % group
@@ -416,8 +395,8 @@ def _over_taps(step, plan: Plan, carry):
     Returns ``(carry, zero)``: ``zero`` is an int32 0 that XLA cannot constant-fold (it comes
     out of the loop). Tap indices of the remainder group, and any other index that would be a
     compile-time constant, are offset by it: XLA CPU emits a dynamic-update-slice at constant
-    indices as a scalar loop over the whole target with a bounds test per element, 10-15x
-    slower than the vectorised in-place update a traced index gets (measured).
+    indices as a scalar loop over the whole target with a bounds test per element, many times
+    slower than the vectorised in-place update a traced index gets.
     """
     group, full, rest = _steps(plan)
 
@@ -448,10 +427,7 @@ def _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
 
     def body(strip, carry):
         start = _strip_start(strip, plan)
-        if plan.direct:
-            sources, inner, row0 = _direct_strip(x_ph, ksrc, v_ph, centre, start, plan)
-        else:
-            (sources, inner), row0 = _strip(x_ph, ksrc, v_ph, centre, start, plan), 0
+        sources, inner, row0 = _strip(x_ph, ksrc, v_ph, centre, start, plan)
         du, dn = _taps_forward(*sources, weight, params, inner, row0)
         u, n = carry
         # Written, not added: the moved-up last strip rewrites its overlap with equal values.
@@ -552,54 +528,37 @@ def _window_sum_bwd(plan, residuals, cotangents):
             dk = _unpadded_add(dk0, dk, 0, pads_plan) if plan.fused else dk
         return dx, dk, dv, dc, dw, dp
 
-    if plan.direct:
-        return _direct_backward(x_in, ksrc_in, v_in, centre, weight, params, plan, cotangents)
+    if plan.direct:     # gradients of the whole padded sources, cropped at the end
+        x_src, k_src, v_src = _padded_sources(x_in, ksrc_in, v_in, plan)
+        dx0 = zeros(x_src)
+    else:
+        x_src, k_src, v_src = x_in, ksrc_in, v_in
 
     def body(strip, carry):
         dx, dk, dc, dw, dp = carry
         start = _strip_start(strip, plan)
-        sources, inner = _strip(x_in, ksrc_in, v_in, centre, start, plan)
+        sources, inner, row0 = _strip(x_src, k_src, v_src, centre, start, plan)
         cts = _step_cotangents(cotangents, plan, strip, start)
-        gx, gk, gc, gw, gp = _taps_backward(*sources, weight, params, inner, cts)
-        if unpadded:
-            dx = _unpadded_add(dx, gx, start, plan)
-            dk = (_unpadded_add(dk, gk, start, plan) if plan.fused
-                  else _rows_add(dk, gk, 2, start))
+        if plan.direct:
+            dx, gk, gc, gw, gp = _taps_backward(*sources, weight, params, inner, cts, row0, dx)
         else:
-            dx = _rows_add(dx, gx, 3, start)
-            dk = _rows_add(dk, gk, 3 if plan.fused else 2, start)
+            gx, gk, gc, gw, gp = _taps_backward(*sources, weight, params, inner, cts)
+            dx = _unpadded_add(dx, gx, start, plan) if unpadded else _rows_add(dx, gx, 3, start)
+        if not plan.fused:
+            dk = _rows_add(dk, gk, 2, start)
+        else:
+            dk = _unpadded_add(dk, gk, start, plan) if unpadded else _rows_add(dk, gk, 3, start)
         dc = _rows_add(dc, gc, 1, start)
         return dx, dk, dc, _map(jnp.add, dw, gw), _map(jnp.add, dp, gp)
 
     carry = (dx0, dk0, None if centre is None else zeros(centre), zeros(weight), zeros(params))
     dx, dk, dc, dw, dp = lax.fori_loop(0, plan.window.strip_count(plan.rows), body, carry)
-    return dx, dk, dv, dc, dw, dp
-
-
-def _direct_backward(x_in, ksrc, v_in, centre, weight, params, plan: Plan, cotangents):
-    """:func:`_window_sum_bwd` of a ``plan.direct`` sum: every strip adds its input gradient
-    straight into one gradient of the whole padded input, cropped to ``x_in`` at the end."""
-    zeros = functools.partial(jax.tree_util.tree_map, jnp.zeros_like)
-    x_ph, _, v_ph = _padded_sources(x_in, ksrc, v_in, plan)
-
-    def body(strip, carry):
-        dx, dk, dc, dw, dp = carry
-        start = _strip_start(strip, plan)
-        sources, inner, row0 = _direct_strip(x_ph, ksrc, v_ph, centre, start, plan)
-        cts = _step_cotangents(cotangents, plan, strip, start)
-        dx, gk, gc, gw, gp = _taps_backward(*sources, weight, params, inner, cts, row0, dx)
-        return (dx, _rows_add(dk, gk, 2, start), _rows_add(dc, gc, 1, start),
-                _map(jnp.add, dw, gw), _map(jnp.add, dp, gp))
-
-    carry = (zeros(x_ph), zeros(ksrc), None if centre is None else zeros(centre),
-             zeros(weight), zeros(params))
-    dx, dk, dc, dw, dp = lax.fori_loop(0, plan.window.strip_count(plan.rows), body, carry)
-    if plan.pads:
+    if plan.direct and plan.pads:
         (top, _), (left, _) = plan.pads
         dx = _map(lambda a, x: lax.slice(a, (0, 0, 0, top, left, 0),
                                          (*a.shape[:3], top + x.shape[3], left + x.shape[4],
                                           a.shape[5])), dx, x_in)
-    return dx, dk, zeros(v_in), dc, dw, dp
+    return dx, dk, dv, dc, dw, dp
 
 
 def _step_cotangents(cotangents, plan: Plan, strip=None, start=0):
@@ -638,9 +597,8 @@ def _taps_backward(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, step_co
             if plan.fused:
                 dk = _window_add(dk, gk[g], t0 + g, plan)
             else:
-                # Tap by tap: a stacked update becomes a concatenate inside the update's
-                # fusion, which XLA CPU does not vectorise (7x slower, measured).
-                # Each tap's rows are written once: no read of the current value.
+                # Tap by tap (XLA CPU does not vectorise a stacked update's concatenate);
+                # each tap's rows are written once: no read of the current value.
                 dk = _rows_add(dk, _map(lambda a: a[None], gk[g]), 0, t0 + g, add=False)
         dc = None if dc is None else _map(jnp.add, dc, gc)
         dw = _rows_add(dw, gw, 0, t0)
