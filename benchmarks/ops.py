@@ -75,7 +75,6 @@ def _estimate_bytes(spec, impl):
 
 def _build(spec, impl):
     """``(function, args, argnums, auto_pick)`` for one case and implementation."""
-    import jax
     import jax.numpy as jnp
     import numpy as np
     from jax import lax
@@ -174,7 +173,6 @@ def _fwd_bwd(fn, args, impl):
 
 def _measure(spec, impl, repeats):
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     fn, args, pick = _build(spec, impl)

@@ -27,7 +27,7 @@ _MAX_SHIFTED_LOG = 50.0
 def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_padding=0,
                transposed=False, kernel_type="gaussian", asym=False, inv_alpha=None,
                inv_lambda=None, smooth_kernel=None, channel_wise=False, normalize=False,
-               mask=None) -> Tuple[jax.Array, Optional[jax.Array]]:
+               mask=None, tiling=None) -> Tuple[jax.Array, Optional[jax.Array]]:
     """Adapting kernel of a PAC op, computed from guidance features.
 
     For output position i and window tap j, with squared feature distance
@@ -61,6 +61,7 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
       mask: optional ``[B, h_in, w_in, 1]`` 0/1 validity of the op's *input* samples (for
         ``transposed`` the low-resolution grid). Invalid taps get K = 0; without ``normalize``
         K is rescaled by the inverse fraction of valid taps.
+      tiling: loop layout, :class:`~ppac_jax.ops.tiling.Tiling` (default: from the shapes).
 
     Computation is in float32 (or float64) even for half-precision guides; the results have the
     guide's dtype.
@@ -70,13 +71,6 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
       ``channel_wise``); output_mask ``[B, Ho, Wo, 1]`` (``[..., D]`` channel-wise) float 0/1,
       0 where a window holds no valid sample, or ``None`` when no ``mask`` is given.
     """
-    return _pac_kernel(**locals())
-
-
-def _pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_padding=0,
-                transposed=False, kernel_type="gaussian", asym=False, inv_alpha=None,
-                inv_lambda=None, smooth_kernel=None, channel_wise=False, normalize=False,
-                mask=None, tiling=None):
     geo.check_rank(guide, 4, "guide", "B, H, W, D")
     win = geo.window(guide.shape[1:3], kernel_size, stride=stride, padding=padding,
                      dilation=dilation, output_padding=output_padding, transposed=transposed,

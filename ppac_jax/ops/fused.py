@@ -28,7 +28,7 @@ from ppac_jax.ops.prob import _check_weight_norm, _divide, _summed_exp, check_co
 def fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilation=1,
                      shared_filters=False, kernel_type="gaussian", asym=False, inv_alpha=None,
                      inv_lambda=None, smooth_kernel=None, normalize=False, mask=None,
-                     channel_wise=False):
+                     channel_wise=False, tiling=None):
     """Pixel-adaptive convolution with the adapting kernel of ``guide`` computed on the fly.
 
     Same result as ``pac_conv2d(x, pac_kernel(guide, k, stride=..., padding=..., ...)[0], W)``
@@ -46,6 +46,7 @@ def fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilati
       channel_wise: one kernel per channel (``D = Cin``): channel ``c`` of ``x`` is filtered
         with the kernel of guide channel ``c`` alone (``pac_kernel(..., channel_wise=True)``;
         ``inv_alpha`` / ``inv_lambda`` may then be ``[D]``).
+      tiling: loop layout, :class:`~ppac_jax.ops.tiling.Tiling` (default: from the shapes).
 
     Returns:
       ``y [B, Ho, Wo, Cout]``, or ``(y, output_mask)`` when ``mask`` is given, output_mask
@@ -58,13 +59,6 @@ def fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilati
     maximum over the window's valid taps): float32 gradients stay finite where the raw
     kernel's window sum underflows.
     """
-    return _fused_pac_conv2d(**locals())
-
-
-def _fused_pac_conv2d(x, guide, weight, bias=None, *, stride=1, padding=0, dilation=1,
-                      shared_filters=False, kernel_type="gaussian", asym=False, inv_alpha=None,
-                      inv_lambda=None, smooth_kernel=None, normalize=False, mask=None,
-                      channel_wise=False, tiling=None):
     geo.check_rank(x, 4, "x", "B, H, W, Cin")
     k = _check_weight(weight, x.shape[-1], shared_filters)
     win = geo.window(x.shape[1:3], k, stride=stride, padding=padding, dilation=dilation)
@@ -78,7 +72,7 @@ def fused_pac_conv_transpose2d(x, guide, weight, bias=None, *, stride=1, padding
                                output_padding=0, dilation=1, shared_filters=False,
                                kernel_type="gaussian", asym=False, inv_alpha=None,
                                inv_lambda=None, smooth_kernel=None, normalize=False, mask=None,
-                               channel_wise=False):
+                               channel_wise=False, tiling=None):
     """Pixel-adaptive transposed convolution with the kernel of ``guide`` computed on the fly.
 
     Same result as ``pac_conv_transpose2d(x, pac_kernel(guide, k, ..., transposed=True)[0], W)``
@@ -93,7 +87,7 @@ def fused_pac_conv_transpose2d(x, guide, weight, bias=None, *, stride=1, padding
       stride, padding, output_padding, dilation: ints or pairs.
       kernel_type, asym, inv_alpha, inv_lambda, smooth_kernel, normalize: as in ``pac_kernel``.
       mask: optional ``[B, h, w, 1]`` 0/1 validity of x's samples (not differentiated).
-      channel_wise: as in :func:`fused_pac_conv2d`.
+      channel_wise, tiling: as in :func:`fused_pac_conv2d`.
 
     Returns:
       ``y [B, Ho, Wo, Cout]``, or ``(y, output_mask)`` when ``mask`` is given (as in
@@ -108,12 +102,12 @@ def fused_pac_conv_transpose2d(x, guide, weight, bias=None, *, stride=1, padding
     return _fused(x, guide, win, weight, bias, shared_filters,
                   _spec(guide, kernel_type, asym, inv_alpha, inv_lambda, normalize,
                         channel_wise),
-                  smooth_kernel, mask, None)
+                  smooth_kernel, mask, tiling)
 
 
 def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, *, stride=1,
                           padding=0, dilation=1, shared_filters=False, kernel_type="gaussian",
-                          asym=False, inv_alpha=None, inv_lambda=None, smooth_kernel=None):
+                          asym=False, inv_alpha=None, inv_lambda=None, smooth_kernel=None, tiling=None):
     """Confidence-weighted PAC with the kernel of ``guide`` computed on the fly.
 
     Same result as ``prob_pac_conv2d(x, confidence, pac_kernel(guide, k, ...)[0], W, W_norm)``:
@@ -125,6 +119,7 @@ def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, 
       weight, weight_norm: ``[kh, kw, Cin, Cout]``, or ``[kh, kw, 1, 1]`` when ``shared_filters``.
       bias: optional ``[Cout]``.
       stride, padding, dilation, kernel options: as in :func:`fused_pac_conv2d`.
+      tiling: loop layout, :class:`~ppac_jax.ops.tiling.Tiling` (default: from the shapes).
 
     Returns:
       ``[B, Ho, Wo, Cout]``.
@@ -132,13 +127,6 @@ def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, 
     float32 gradients stay finite where the kernel's window sums underflow: the 1e-20 floor
     takes over there, and the ratio is differentiated as a ratio (no squared denominator).
     """
-    return _fused_prob_pac_conv2d(**locals())
-
-
-def _fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, *, stride=1,
-                           padding=0, dilation=1, shared_filters=False, kernel_type="gaussian",
-                           asym=False, inv_alpha=None, inv_lambda=None, smooth_kernel=None,
-                           tiling=None):
     check_confidence(x, confidence)
     win = _normalized_window(x, weight, weight_norm, shared_filters, stride, padding, dilation)
     stacked = jnp.concatenate([x * confidence, confidence.astype(x.dtype)], axis=-1)
@@ -150,7 +138,7 @@ def _fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None,
 def fused_normalized_pac_conv2d(x, guide, weight, weight_norm, bias=None, *, stride=1,
                                 padding=0, dilation=1, shared_filters=False,
                                 kernel_type="gaussian", asym=False, inv_alpha=None,
-                                inv_lambda=None, smooth_kernel=None):
+                                inv_lambda=None, smooth_kernel=None, tiling=None):
     """Normalised PAC with the kernel of ``guide`` computed on the fly.
 
     Same result as ``normalized_pac_conv2d(x, pac_kernel(guide, k, ...)[0], W, W_norm)``:
@@ -163,6 +151,7 @@ def fused_normalized_pac_conv2d(x, guide, weight, weight_norm, bias=None, *, str
       weight, weight_norm: ``[kh, kw, Cin, Cout]``, or ``[kh, kw, 1, 1]`` when ``shared_filters``.
       bias: optional ``[Cout]``.
       stride, padding, dilation, kernel options: as in :func:`fused_pac_conv2d`.
+      tiling: loop layout, :class:`~ppac_jax.ops.tiling.Tiling` (default: from the shapes).
 
     Returns:
       ``[B, Ho, Wo, Cout]``.
@@ -170,13 +159,6 @@ def fused_normalized_pac_conv2d(x, guide, weight, weight_norm, bias=None, *, str
     Raises:
       ValueError: naming the argument whose shape or value is wrong.
     """
-    return _fused_normalized_pac_conv2d(**locals())
-
-
-def _fused_normalized_pac_conv2d(x, guide, weight, weight_norm, bias=None, *, stride=1,
-                                 padding=0, dilation=1, shared_filters=False,
-                                 kernel_type="gaussian", asym=False, inv_alpha=None,
-                                 inv_lambda=None, smooth_kernel=None, tiling=None):
     geo.check_rank(x, 4, "x", "B, H, W, Cin")
     win = _normalized_window(x, weight, weight_norm, shared_filters, stride, padding, dilation)
     # The denominator's input is 1 at every tap, padding included: padded with ones.

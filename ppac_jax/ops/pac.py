@@ -40,7 +40,7 @@ class _Product(NamedTuple):
 
 
 def pac_conv2d(x, kernel, weight, bias=None, *, stride=1, padding=0, dilation=1,
-               shared_filters=False, impl="auto"):
+               shared_filters=False, impl="auto", tiling=None):
     """Pixel-adaptive convolution with a precomputed adapting kernel.
 
     ``y[b, o, :] = sum_{t, c} x_pad[b, o*s + t*d, c] * K[b, o, t] * W[t, c, :] + bias``
@@ -56,15 +56,11 @@ def pac_conv2d(x, kernel, weight, bias=None, *, stride=1, padding=0, dilation=1,
       stride, padding, dilation: ints or pairs.
       shared_filters: see ``weight``.
       impl: ``"auto"``, ``"patches"`` or ``"loop"`` (module docstring).
+      tiling: loop layout, :class:`~ppac_jax.ops.tiling.Tiling` (default: from the shapes).
 
     Returns:
       ``[B, Ho, Wo, Cout]`` with ``Ho = (H + 2p - d(kh - 1) - 1) // s + 1`` (same for W).
     """
-    return _pac_conv2d(**locals())
-
-
-def _pac_conv2d(x, kernel, weight, bias=None, *, stride=1, padding=0, dilation=1,
-                shared_filters=False, impl="auto", tiling=None):
     geo.check_rank(x, 4, "x", "B, H, W, Cin")
     k = _check_weight(weight, x.shape[-1], shared_filters)
     win = geo.window(x.shape[1:3], k, stride=stride, padding=padding, dilation=dilation)
@@ -78,7 +74,7 @@ def _pac_conv2d(x, kernel, weight, bias=None, *, stride=1, padding=0, dilation=1
 
 
 def pac_conv_transpose2d(x, kernel, weight, bias=None, *, stride=1, padding=0, output_padding=0,
-                         dilation=1, shared_filters=False, impl="auto"):
+                         dilation=1, shared_filters=False, impl="auto", tiling=None):
     """Pixel-adaptive transposed convolution with a precomputed adapting kernel.
 
     The input is zero-inserted (``stride - 1`` zeros between samples), padded by
@@ -97,6 +93,7 @@ def pac_conv_transpose2d(x, kernel, weight, bias=None, *, stride=1, padding=0, o
       bias: optional ``[Cout]``.
       stride, padding, output_padding, dilation: ints or pairs; ``output_padding`` must be
         smaller than ``stride`` or ``dilation``. ``padding > (k - 1) d`` crops.
+      impl, tiling: as in :func:`pac_conv2d`.
 
     Returns:
       ``[B, Ho, Wo, Cout]`` with ``Ho = (h - 1) s - 2p + d (kh - 1) + 1 + output_padding``.
@@ -108,11 +105,12 @@ def pac_conv_transpose2d(x, kernel, weight, bias=None, *, stride=1, padding=0, o
     channel_wise = _check_kernel(kernel, x.shape[0], win, x.shape[-1])
     w = weight if not shared_filters else weight[:, :, 0, 0]
     y = windowed_product(win.pad_input(x), kernel, w,
-                         _Product(win, not shared_filters, channel_wise), impl)
+                         _Product(win, not shared_filters, channel_wise), impl, tiling)
     return _add_bias(y, bias)
 
 
-def pac_pool2d(x, kernel, *, kernel_size, stride=1, padding=0, dilation=1, impl="auto"):
+def pac_pool2d(x, kernel, *, kernel_size, stride=1, padding=0, dilation=1, impl="auto",
+               tiling=None):
     """Pixel-adaptive pooling: ``y[b, o, c] = sum_t x_pad[b, o*s + t*d, c] * K[b, o, t(, c)]``.
 
     With ``K = 1`` this is *sum* pooling over the zero-padded window; with the normalised kernel
@@ -123,15 +121,11 @@ def pac_pool2d(x, kernel, *, kernel_size, stride=1, padding=0, dilation=1, impl=
       kernel: ``[B, Ho, Wo, kh, kw]`` or ``[B, Ho, Wo, kh, kw, C]`` (channel-wise).
       kernel_size: odd int or pair.
       stride, padding, dilation: ints or pairs.
+      tiling: loop layout, :class:`~ppac_jax.ops.tiling.Tiling` (default: from the shapes).
 
     Returns:
       ``[B, Ho, Wo, C]``.
     """
-    return _pac_pool2d(**locals())
-
-
-def _pac_pool2d(x, kernel, *, kernel_size, stride=1, padding=0, dilation=1, impl="auto",
-                tiling=None):
     geo.check_rank(x, 4, "x", "B, H, W, C")
     win = geo.window(x.shape[1:3], kernel_size, stride=stride, padding=padding,
                      dilation=dilation)

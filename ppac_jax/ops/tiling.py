@@ -1,9 +1,8 @@
 """How the loops of the ops walk an image: one explicit, hashable :class:`Tiling` per op call.
 
 :func:`choose_tiling` is the one place that picks it, from the backend and the shapes; every op
-chooses once at its top and passes the result down, and tests pass their own (small strips,
-planes on tiny images) to the ops' private twins (``_pac_conv2d(..., tiling=...)`` etc.).
-The numbers below were measured on 2-core CPUs and are used unchanged on every backend.
+chooses once at its top (unless given ``tiling=``: tests pass small strips, planes on tiny
+images) and passes it down. The numbers below are CPU measurements, used on every backend.
 """
 
 from __future__ import annotations

@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 
 from ppac_jax import ops
-from ppac_jax.ops import fused as fused_mod
-from ppac_jax.ops import pac as pac_mod
 from ppac_jax.ops.tiling import Tiling
 from tests import golden as G
 from tests.ops.test_ops_golden import _check_case, _kernel_options
@@ -170,7 +168,7 @@ def test_fused_prob_matches_two_step(shared, k, s, p, kt, planar):
                                    shared_filters=shared, impl="patches", **geom)
 
     def fused(x, conf, guide, weight, weight_norm, bias, alpha, lam):
-        return fused_mod._fused_prob_pac_conv2d(x, conf, guide, weight, weight_norm, bias,
+        return ops.fused_prob_pac_conv2d(x, conf, guide, weight, weight_norm, bias,
                                                 shared_filters=shared, tiling=tiling, **geom,
                                                 **kw(alpha, lam))
 
@@ -197,7 +195,7 @@ def test_fused_normalized_matches_two_step(shared, k, s, p, kt, planar):
                                          shared_filters=shared, impl="patches", **geom)
 
     def fused(x, guide, weight, weight_norm, bias, alpha, lam):
-        return fused_mod._fused_normalized_pac_conv2d(
+        return ops.fused_normalized_pac_conv2d(
             x, guide, weight, weight_norm, bias, shared_filters=shared, tiling=tiling, **geom,
             **kw(alpha, lam))
 
@@ -334,13 +332,13 @@ def test_fused_row_strips_match_two_step(case):
         return ops.pac_conv2d(x, kern, weight, shared_filters=shared, impl="patches", **geom)
 
     def fused(x, guide, weight):
-        y = fused_mod._fused_pac_conv2d(x, guide, weight, shared_filters=shared, mask=mask,
+        y = ops.fused_pac_conv2d(x, guide, weight, shared_filters=shared, mask=mask,
                                         normalize=normalize, tiling=strips, **geom)
         return y[0] if with_mask else y
 
     def loop(x, guide, weight):
         kern, _ = ops.pac_kernel(guide, k, mask=mask, normalize=normalize, **geom)
-        return pac_mod._pac_conv2d(x, kern, weight, shared_filters=shared, impl="loop",
+        return ops.pac_conv2d(x, kern, weight, shared_filters=shared, impl="loop",
                                    tiling=strips, **geom)
 
     _compare(two_step, fused, (x, guide, weight), 8, loop)
@@ -359,10 +357,10 @@ def test_planar_loop_matches_patches(s, d):
         def run(x, guide, weight):
             kern, _ = ops.pac_kernel(guide, k, **geom)
             kern_cw, _ = ops.pac_kernel(guide, k, channel_wise=True, **geom)
-            conv = functools.partial(pac_mod._pac_conv2d, shared_filters=True, impl=impl,
+            conv = functools.partial(ops.pac_conv2d, shared_filters=True, impl=impl,
                                      tiling=planes, **geom)
             return (conv(x, kern, weight), conv(x, kern_cw, weight),
-                    pac_mod._pac_pool2d(x, kern_cw, kernel_size=k, impl=impl, tiling=planes,
+                    ops.pac_pool2d(x, kern_cw, kernel_size=k, impl=impl, tiling=planes,
                                         **geom))
         return run
 

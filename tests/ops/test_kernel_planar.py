@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from ppac_jax.ops import geometry as geo
+from ppac_jax import ops
 from ppac_jax.ops import adapting_kernel
 from ppac_jax.ops import kernel as kernel_mod
 from ppac_jax.ops.tiling import Tiling
@@ -67,7 +68,7 @@ def _runner(static, rows, group=0):
     tiling = Tiling(planar=True, rows=rows, group=group) if rows else Tiling(planar=False)
 
     def f(guide, smooth, alpha, lam, mask):
-        kern, out_mask = adapting_kernel._pac_kernel(
+        kern, out_mask = ops.pac_kernel(
             guide, k, stride=s, padding=p, dilation=d, output_padding=op,
             transposed=transposed, kernel_type=kernel_type, asym=asym,
             inv_alpha=alpha if kernel_type == "inv" else None,
@@ -104,7 +105,7 @@ def test_planar_kernel_matches_reference(case):
     alpha, lam = jnp.asarray(0.2, jnp.float64), jnp.asarray(-0.6, jnp.float64)
     static = (kp, sp, pp, dp, opp, transposed, case["kernel_type"], case["asym"],
               case["smooth"], case["mask"], case["normalize"])
-    shape = jax.eval_shape(lambda g: adapting_kernel.pac_kernel(
+    shape = jax.eval_shape(lambda g: ops.pac_kernel(
         g, kp, stride=sp, padding=pp, dilation=dp, output_padding=opp,
         transposed=transposed)[0], guide).shape
     cot = jax.random.normal(keys[3], shape, jnp.float64)
@@ -130,7 +131,7 @@ def test_strip_rows_cover_image():
     guide = jax.random.normal(jax.random.PRNGKey(0), (1, 7, 8, 3), jnp.float64)
     ref = _reference_kernel(guide, [(1, 1), (1, 1)], (3, 3), (7, 8), (1, 1), (1, 1), (1, 1),
                             None, "gaussian", False, None, None)
-    got, _ = adapting_kernel._pac_kernel(guide, 3, padding=1, tiling=Tiling(planar=True, rows=3))
+    got, _ = ops.pac_kernel(guide, 3, padding=1, tiling=Tiling(planar=True, rows=3))
     np.testing.assert_allclose(got, ref, rtol=1e-12)
 
 
