@@ -345,14 +345,6 @@ def _plain_conv(q, weight, *, dilation):
                                     precision=matmul_precision())
 
 
-def _pac_message(q, kernel, weight, *, dilation, shared_filters, tiling=None):
-    """PAC of ``q`` with the edge kernel ``[B, H, W, k, k]``, "same" size: ``pac_conv2d(q,
-    kernel, weight, padding=(k // 2) * dilation, dilation=dilation, shared_filters=...)``
-    (:func:`_tap_message` of the kernel made tap-major)."""
-    return _tap_message(q, _tap_major(kernel), weight, dilation=dilation,
-                        shared_filters=shared_filters, tiling=tiling)
-
-
 def _tap_major(kernel):
     """``[B, H, W, k, k]`` -> the tap-loop engine's ``[k * k, B, H, W]``."""
     return None if kernel is None else jnp.moveaxis(
@@ -360,10 +352,11 @@ def _tap_major(kernel):
 
 
 def _tap_message(q, taps, weight, *, dilation, shared_filters, tiling=None):
-    """:func:`_pac_message` with the kernel tap-major, ``[k * k, B, H, W]``, on the tap-loop
-    engine: output rows in strips of ``tiling.rows`` (:func:`choose_tiling` with
-    ``op="message"``), ``tiling.group`` taps per step (all ``k * k``: one GEMM
-    ``[pixels, k*k*C] @ [k*k*C, O]`` per strip), taps read straight from the padded ``q``."""
+    """PAC of ``q`` with the edge kernel tap-major, ``[k * k, B, H, W]``, "same" size
+    (``pac_conv2d(q, kernel, weight, padding=(k // 2) * dilation, dilation=dilation,
+    shared_filters=...)``) on the tap-loop engine: strips of ``tiling.rows`` output rows
+    (:func:`choose_tiling` with ``op="message"``), ``tiling.group`` taps per step (all ``k * k``:
+    one GEMM ``[pixels, k*k*C] @ [k*k*C, O]`` per strip), taps read from the padded ``q``."""
     dtype = compute_dtype(q, taps, weight)
     out_dtype = jnp.result_type(q, taps, weight)
     batch, height, width, channels = q.shape

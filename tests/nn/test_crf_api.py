@@ -146,8 +146,8 @@ def test_engine_message_matches_pac_conv2d(shared, dilation, rows, group, backwa
     tiling = Tiling(rows=rows, group=group, backward_group=backward_group)
 
     def ours(a, b, c):
-        return crf_ops._pac_message(a, b, c, dilation=dilation, shared_filters=shared,
-                                    tiling=tiling)
+        return crf_ops._tap_message(a, crf_ops._tap_major(b), c, dilation=dilation,
+                                    shared_filters=shared, tiling=tiling)
 
     def ref(a, b, c):
         return ops.pac_conv2d(a, b, c, padding=dilation, dilation=dilation,
