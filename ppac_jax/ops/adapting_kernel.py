@@ -82,10 +82,7 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
                                normalize=normalize)
 
     if mask is not None:
-        geo.check_rank(mask, 4, "mask", "B, h_in, w_in, 1")
-        if mask.shape != (batch, *in_size, 1):
-            raise ValueError(f"mask must have shape {(batch, *in_size, 1)} (the op's input grid), "
-                             f"got {mask.shape}")
+        check_mask(mask, batch, win)
 
     out_dtype = jnp.result_type(guide)
     dtype = compute_dtype(guide, smooth_kernel, *params)
@@ -125,6 +122,14 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
     if output_mask is not None:
         output_mask = output_mask.astype(out_dtype)
     return kern, output_mask
+
+
+def check_mask(mask, batch: int, win: geo.Window):
+    """Raise ``ValueError`` unless ``mask`` is ``[B, h_in, w_in, 1]`` on the op's input grid."""
+    geo.check_rank(mask, 4, "mask", "B, h_in, w_in, 1")
+    if mask.shape != (batch, *win.in_size, 1):
+        raise ValueError(f"mask must have shape {(batch, *win.in_size, 1)} (the op's input "
+                         f"grid), got {mask.shape}")
 
 
 def valid_fraction(valid_count, real_count):

@@ -252,17 +252,12 @@ def blur_upsample(x, blur: int, out_size):
 
 def _term_features(edge_features, terms):
     """Per-term edge features (``None`` for ``na`` terms), pooled by the term's blur."""
-    if isinstance(edge_features, (list, tuple)):
-        if len(edge_features) != len(terms):
-            raise ValueError(f"edge_features list must have one entry per pairwise term "
-                             f"({len(terms)}), got {len(edge_features)}")
-        per_term = list(edge_features)
-        shared = False
-    else:
-        per_term = [edge_features] * len(terms)
-        shared = True
-    pooled_cache = {}
-    result = []
+    shared = not isinstance(edge_features, (list, tuple))
+    if not shared and len(edge_features) != len(terms):
+        raise ValueError(f"edge_features list must have one entry per pairwise term "
+                         f"({len(terms)}), got {len(edge_features)}")
+    per_term = [edge_features] * len(terms) if shared else list(edge_features)
+    pooled, result = {}, []
     for i, (term, feat) in enumerate(zip(terms, per_term)):
         if not term.has_edge_kernel:
             result.append(None)
@@ -270,12 +265,12 @@ def _term_features(edge_features, terms):
         if feat is None:
             raise ValueError(f"edge_features[{i}] is None but pairwise term {i} "
                              f"({term.compat_type!r}) needs edge features")
-        geo.check_rank(feat, 4, f"edge_features[{i}]" if not shared else "edge_features",
+        geo.check_rank(feat, 4, "edge_features" if shared else f"edge_features[{i}]",
                        "B, H, W, D")
-        key = (term.blur if shared else (i, term.blur))
-        if key not in pooled_cache:
-            pooled_cache[key] = blur_pool(feat, term.blur)
-        result.append(pooled_cache[key])
+        key = term.blur if shared else (i, term.blur)
+        if key not in pooled:
+            pooled[key] = blur_pool(feat, term.blur)
+        result.append(pooled[key])
     return result
 
 
@@ -292,16 +287,9 @@ def crf_edge_kernels(edge_features, terms: Sequence[PairwiseTerm]):
       blur) = ``pac_kernel(blur_pool(f, b), k, padding=(k//2)*d, dilation=d)``, or ``None``
       for ``na`` terms.
     """
-    feats = _term_features(edge_features, terms)
-    kernels = []
-    for term, feat in zip(terms, feats):
-        if feat is None:
-            kernels.append(None)
-            continue
-        kern, _ = pac_kernel(feat, term.kernel_size, padding=term.padding,
-                             dilation=term.dilation)
-        kernels.append(kern)
-    return kernels
+    return [None if feat is None else pac_kernel(feat, term.kernel_size, padding=term.padding,
+                                                 dilation=term.dilation)[0]
+            for term, feat in zip(terms, _term_features(edge_features, terms))]
 
 
 def crf_message(q, kernel, term: PairwiseTerm, params: TermParams):

@@ -17,7 +17,7 @@ from jax import lax
 
 from ppac_jax.ops import geometry as geo
 from ppac_jax.ops import tap_loop
-from ppac_jax.ops.adapting_kernel import centre_features, valid_fraction
+from ppac_jax.ops.adapting_kernel import centre_features, check_mask, valid_fraction
 from ppac_jax.ops.kernel import compute_dtype, kernel_spec
 from ppac_jax.ops.pac import _add_bias, _check_weight
 from ppac_jax.ops.precision import matmul_precision
@@ -223,17 +223,12 @@ def _fused(x, guide, win: geo.Window, weight, bias, shared_filters, spec_params,
                             smooth_kernel, mask, tiling)
     normalize = spec.normalize
     batch, channels = x.shape[0], x.shape[-1]
-    if win.transposed and guide.shape[:3] != (batch, *win.out_size):
-        raise ValueError(f"guide must be [B, Ho, Wo, D] on the output grid "
-                         f"{(batch, *win.out_size)}, got {guide.shape}")
-    if not win.transposed and guide.shape[:3] != x.shape[:3]:
-        raise ValueError(f"guide must have x's batch and spatial size {x.shape[:3]}, "
-                         f"got {guide.shape}")
+    grid = (batch, *(win.out_size if win.transposed else win.in_size))
+    if guide.shape[:3] != grid:
+        raise ValueError(f"guide must be [B, H, W, D] on the grid {grid} of "
+                         f"{'the output' if win.transposed else 'x'}, got {guide.shape}")
     if mask is not None:
-        geo.check_rank(mask, 4, "mask", "B, h_in, w_in, 1")
-        if mask.shape != (batch, *win.in_size, 1):
-            raise ValueError(f"mask must have shape {(batch, *win.in_size, 1)} (the op's input "
-                             f"grid), got {mask.shape}")
+        check_mask(mask, batch, win)
     kdtype = compute_dtype(guide, smooth_kernel, *params)
     # Results have the inputs' dtype (as pac_kernel's kernel has the guide's); the computation
     # runs in float32 for half-precision inputs.

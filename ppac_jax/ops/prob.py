@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from ppac_jax.ops import geometry as geo
-from ppac_jax.ops.pac import pac_conv2d
+from ppac_jax.ops.pac import _add_bias, pac_conv2d
 from ppac_jax.ops.precision import matmul_precision
 
 # Lower bound of the normaliser (reference value).
@@ -103,10 +103,5 @@ def _safe_divide_jvp(primals, tangents):
 
 
 def _divide(numerator, denominator, bias):
-    out = _safe_divide(numerator,
-                       jnp.maximum(denominator, _MIN_DENOMINATOR).astype(numerator.dtype))
-    if bias is None:
-        return out
-    if getattr(bias, "shape", None) != (out.shape[-1],):
-        raise ValueError(f"bias must have shape ({out.shape[-1]},), got {getattr(bias, 'shape', None)}")
-    return out + bias.astype(out.dtype)
+    return _add_bias(_safe_divide(
+        numerator, jnp.maximum(denominator, _MIN_DENOMINATOR).astype(numerator.dtype)), bias)

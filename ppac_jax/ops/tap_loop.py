@@ -290,61 +290,40 @@ def _centre(ksrc, centre, plan: Plan):
 
 
 def _group_terms(xs, ks, vs, centre, ws, params, plan: Plan):
-    """Contribution of one group of taps to ``(U, N)``."""
-    if plan.planar:
-        return _group_terms_planar(xs, ks, vs, centre, ws, params, plan)
-    kernels = []
-    for g, k_src in enumerate(ks):
-        if plan.fused:
-            if plan.shifted:
-                dist = plan.kernel.distance(k_src, centre[..., :-1], centre[..., -1])
-            else:
-                dist = plan.kernel.distance(k_src, centre)
-            kern = plan.kernel.value(dist, params)[..., None]
-        else:
-            # A dense product's kernel may come without a channel axis: its per-tap gradient
-            # then has the image width innermost (a trailing axis of 1 made XLA CPU's updates
-            # scalar). Channel-wise kernels keep their channel axis.
-            kern = k_src[..., None] if k_src.ndim < xs[g].ndim else k_src
-        if vs is not None:
-            kern = kern * vs[g]
-        kernels.append(kern)
-    weighted = [x * kern for x, kern in zip(xs, kernels)]
-    if plan.dense:
-        lhs = weighted[0] if len(weighted) == 1 else jnp.concatenate(weighted, axis=-1)
-        u = jnp.matmul(lhs, ws.reshape(-1, ws.shape[-1]), precision=matmul_precision())
-    else:
-        u = functools.reduce(jnp.add, [w * ws[g] for g, w in enumerate(weighted)])
-    n = functools.reduce(jnp.add, kernels) if plan.with_sum else None
-    return u, n
-
-
-def _group_terms_planar(xs, ks, vs, centre, ws, params, plan: Plan):
-    """:func:`_group_terms` on planes: ``xs[g]``, ``ks[g]`` (guide or kernel planes),
-    ``vs[g]`` are tuples of ``[B, Ho, Wo]``; ``ws`` is ``[G, C or 1, 1]``."""
-    if plan.kernel_out:
-        log = plan.kernel.log_domain
-        values = [plan.kernel.value(plan.kernel.distance(k, centre), params, log=log) for k in ks]
-        return (jnp.stack(values),), None
+    """Contribution of one group of taps to ``(U, N)``. ``xs[g]``, ``ks[g]`` (guide samples or
+    kernel) and ``vs[g]`` are tap ``g``'s: channels-last arrays or, ``plan.planar``, tuples of
+    planes; ``ws`` is ``[G, C, O]`` (dense), ``[G, C or 1]`` or, planar, ``[G, C or 1, 1]``.
+    A channels-last per-channel sum is the planar one with a single plane of all channels."""
     add = lambda items: functools.reduce(jnp.add, items)
-    kernels = []
-    for g, k_src in enumerate(ks):
-        if plan.fused:
-            # the distance summed plane by plane: the one formula
-            features = centre[:-1] if plan.shifted else centre
-            dist = plan.kernel.distance(k_src, features, centre[-1] if plan.shifted else None)
-            kern = (plan.kernel.value(dist, params),)
-        else:
-            kern = k_src                       # one plane, or one per channel (channel-wise)
-        if vs is not None:
-            kern = tuple(k * vs[g][0] for k in kern)
-        kernels.append(kern)
-    channels = len(xs[0])
-    u = tuple(add([x[c] * kern[c % len(kern)] * ws[g, c % ws.shape[1], 0]
-                   for g, (x, kern) in enumerate(zip(xs, kernels))])
-              for c in range(channels))
-    n = (add([kern[0] for kern in kernels]),) if plan.with_sum else None
-    return u, n
+    planes = (lambda a: a) if plan.planar else (lambda a: (a,))
+    if plan.fused:
+        features, shift = centre, None
+        if plan.shifted:       # the centre's last channel is the shift
+            features, shift = ((centre[:-1], centre[-1]) if plan.planar
+                               else (centre[..., :-1], centre[..., -1]))
+        log = plan.kernel_out and plan.kernel.log_domain
+        values = [plan.kernel.value(plan.kernel.distance(k, features, shift), params, log=log)
+                  for k in ks]
+        if plan.kernel_out:
+            return (jnp.stack(values),), None
+        kernels = [(v if plan.planar else v[..., None],) for v in values]
+    else:
+        # Planes: one kernel plane, or one per channel. A dense product's kernel may come
+        # without a channel axis: its per-tap gradient then has the image width innermost (a
+        # trailing axis of 1 made XLA CPU's updates scalar).
+        kernels = [k if plan.planar else (k[..., None] if k.ndim < x.ndim else k,)
+                   for k, x in zip(ks, xs)]
+    if vs is not None:
+        kernels = [tuple(k * planes(v)[0] for k in kern) for kern, v in zip(kernels, vs)]
+    n = add([kern[0] for kern in kernels]) if plan.with_sum else None
+    if plan.dense:
+        lhs = jnp.concatenate([x * kern[0] for x, kern in zip(xs, kernels)], axis=-1)
+        return jnp.matmul(lhs, ws.reshape(-1, ws.shape[-1]), precision=matmul_precision()), n
+    w = ws if plan.planar else ws[:, None]
+    xs = [planes(x) for x in xs]
+    u = tuple(add([x[c] * kern[c % len(kern)] * w[g, c % w.shape[1]]
+                   for g, (x, kern) in enumerate(zip(xs, kernels))]) for c in range(len(xs[0])))
+    return (u, None if n is None else (n,)) if plan.planar else (u[0], n)
 
 
 def window_min_distance(guide_ph, v_ph, centre, plan: Plan):
