@@ -213,7 +213,7 @@ def _planar_kernel(guide, win: geo.Window, smooth_kernel, spec: KernelSpec, para
     plan = tap_loop.Plan(win, dense=False, fused=True, kernel=spec,
                          centre_tap=win.centre_tap if centre is None else -1)
     params = tuple(q.astype(guide.dtype) for q in params)
-    kern = tap_loop.window_kernel(tap_loop.to_phases(padded, win.tap_stride), centre, params,
+    kern = tap_loop.window_kernel(geo.phase_split(padded, win.tap_stride), centre, params,
                                   plan, tiling)
     # Outside the engine's custom VJP, so that XLA cancels this against a tap-major consumer's
     # transpose (ops.pac_conv2d's loop), forward and backward.

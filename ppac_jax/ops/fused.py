@@ -256,7 +256,7 @@ def _fused(x, guide, win: geo.Window, weight, bias, shared_filters, spec_params,
     plan = tap_loop.Plan(win, dense=not shared_filters, fused=True, kernel=spec,
                          with_sum=normalize,
                          centre_tap=-1 if centre is not None else win.centre_tap)
-    ph = lambda a: tap_loop.to_phases(a, win.tap_stride)
+    ph = lambda a: geo.phase_split(a, win.tap_stride)
     if spec.log_domain:
         centre, plan = _shift_kernel(guide, guide_padded, centre, ph(guide_padded), ph(valid),
                                      win, plan)

@@ -225,6 +225,6 @@ def _loop_product(x_pad, kernel, weight, g: _Product, tiling: Tiling):
         kern = kern[..., None]           # per-channel sums take [T, B, Ho, Wo, 1 or C]
     w = weight.reshape(taps, *weight.shape[2:]) if g.dense else weight.reshape(taps, 1)
     plan = tap_loop.Plan(g.window, dense=g.dense, fused=False)
-    y, _ = tap_loop.window_sum(tap_loop.to_phases(x_pad, g.window.tap_stride), kern, None, None,
+    y, _ = tap_loop.window_sum(geo.phase_split(x_pad, g.window.tap_stride), kern, None, None,
                                w, (), plan, tiling)
     return y

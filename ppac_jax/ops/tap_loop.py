@@ -90,17 +90,13 @@ def _planes(a):
     return tuple(channels_first[i] for i in range(a.shape[-1]))
 
 
-# Stride phases come from the window geometry module (the one place that knows it).
-to_phases = geo.phase_split
-
-
 def window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, tiling: Tiling):
     """``(U, N)`` of the module docstring (``N`` is ``None`` unless ``plan.with_sum``).
 
     Args:
-      x_ph: ``[sh, sw, B, Hq, Wq, C]`` input phases (:func:`to_phases` of the padded input;
-        of the unpadded input, and likewise for the guide and validity, with ``plan.pads``);
-        with ``plan.direct`` also the input itself, ``[B, H, W, C]``.
+      x_ph: ``[sh, sw, B, Hq, Wq, C]`` phases (``geometry.phase_split``) of the padded input
+        (unpadded with ``plan.pads``, as the guide and validity); with ``plan.direct`` also
+        the input itself, ``[B, H, W, C]``.
       ksrc: fused: guide phases ``[sh, sw, B, Hq, Wq, D]``; otherwise the kernel tap-major,
         ``[T, B, Ho, Wo, 1 or C]``, or ``[T, B, Ho, Wo]`` for a dense product.
       v_ph: ``[sh, sw, B or 1, Hq, Wq, 1]`` validity phases, or ``None`` (all valid).

@@ -106,7 +106,7 @@ def test_phase_windows_match_tap_slice(stride, dilation, tap):
     a = jnp.arange(2 * 17 * 19 * 3, dtype=jnp.float32).reshape(2, 17, 19, 3)
     win = geo.Window(k, stride, (0, 0), dilation, (0, 0), False, a.shape[1:3], out)
     plan = tap_loop.Plan(win, dense=True, fused=True)
-    got = tap_loop._window(tap_loop.to_phases(a, stride), jnp.int32(tap), plan)
+    got = tap_loop._window(geo.phase_split(a, stride), jnp.int32(tap), plan)
     want = geo.tap_slice(a, divmod(tap, k[1]), out, stride, dilation)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
