@@ -107,7 +107,8 @@ def fused_pac_conv_transpose2d(x, guide, weight, bias=None, *, stride=1, padding
 
 def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, *, stride=1,
                           padding=0, dilation=1, shared_filters=False, kernel_type="gaussian",
-                          asym=False, inv_alpha=None, inv_lambda=None, smooth_kernel=None, tiling=None):
+                          asym=False, inv_alpha=None, inv_lambda=None, smooth_kernel=None,
+                          tiling=None):
     """Confidence-weighted PAC with the kernel of ``guide`` computed on the fly.
 
     Same result as ``prob_pac_conv2d(x, confidence, pac_kernel(guide, k, ...)[0], W, W_norm)``:
@@ -118,8 +119,7 @@ def fused_prob_pac_conv2d(x, confidence, guide, weight, weight_norm, bias=None, 
       x: ``[B, H, W, Cin]``; confidence: ``[B, H, W, 1]``; guide: ``[B, H, W, D]``.
       weight, weight_norm: ``[kh, kw, Cin, Cout]``, or ``[kh, kw, 1, 1]`` when ``shared_filters``.
       bias: optional ``[Cout]``.
-      stride, padding, dilation, kernel options: as in :func:`fused_pac_conv2d`.
-      tiling: loop layout, :class:`~ppac_jax.ops.tiling.Tiling` (default: from the shapes).
+      stride, padding, dilation, kernel options, tiling: as in :func:`fused_pac_conv2d`.
 
     Returns:
       ``[B, Ho, Wo, Cout]``.
@@ -150,8 +150,7 @@ def fused_normalized_pac_conv2d(x, guide, weight, weight_norm, bias=None, *, str
       x: ``[B, H, W, Cin]``; guide: ``[B, H, W, D]``.
       weight, weight_norm: ``[kh, kw, Cin, Cout]``, or ``[kh, kw, 1, 1]`` when ``shared_filters``.
       bias: optional ``[Cout]``.
-      stride, padding, dilation, kernel options: as in :func:`fused_pac_conv2d`.
-      tiling: loop layout, :class:`~ppac_jax.ops.tiling.Tiling` (default: from the shapes).
+      stride, padding, dilation, kernel options, tiling: as in :func:`fused_pac_conv2d`.
 
     Returns:
       ``[B, Ho, Wo, Cout]``.

@@ -30,10 +30,11 @@ class Tiling(NamedTuple):
 # planar ones and compile in about half the time.
 _PLANAR_MIN_PIXELS = 64 * 64
 # Engine strips: one strip of the input (channels-last, channels padded to 8) is about this
-# many bytes, so the loop over taps runs on data that stays in cache ...
-_STRIP_BYTES = 1 << 18
-# ... or, on planes, one strip of all source planes (input and guide) is this big.
-_PLANAR_STRIP_BYTES = 1 << 20
+# many bytes, or, on planes, one strip of all source planes (input and guide). Every strip
+# runs every tap's few small XLA kernels, whose fixed cost dominates small strips; larger
+# strips cost temporary memory (one strip's worth), and past these sizes leave the cache.
+_STRIP_BYTES = 1 << 19
+_PLANAR_STRIP_BYTES = 1 << 21
 # pac_kernel strips: one tap's guide window (all channels) is about this big (8 rows of a
 # 1024-wide, 5-channel float32 guide; much larger strips fall out of cache, 2-3x slower).
 _KERNEL_STRIP_BYTES = 160 << 10
