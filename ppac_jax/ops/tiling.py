@@ -35,9 +35,9 @@ _PLANAR_MIN_PIXELS = 64 * 64
 # strips cost temporary memory (one strip's worth), and past these sizes leave the cache.
 _STRIP_BYTES = 1 << 19
 _PLANAR_STRIP_BYTES = 1 << 21
-# pac_kernel strips: one tap's guide window (all channels) is about this big (8 rows of a
-# 1024-wide, 5-channel float32 guide; much larger strips fall out of cache, 2-3x slower).
-_KERNEL_STRIP_BYTES = 160 << 10
+# pac_kernel strips: one tap's guide window (all channels) is about this big (as the engine's
+# strips: larger amortise each strip's fixed cost).
+_KERNEL_STRIP_BYTES = 1 << 18
 # CRF messages: one strip's tap matrix [pixels, k*k*C] stays in cache.
 _MESSAGE_STRIP_PIXELS = 1024
 # CRF messages unroll the window rows (one GEMM over all taps) up to this kernel size in the
