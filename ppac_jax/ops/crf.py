@@ -421,15 +421,12 @@ def mean_field(unary, kernels, terms: Sequence[PairwiseTerm], params, unary_weig
         return log_q
     taps = [_tap_major(k) for k in kernels]   # once, outside the loop
 
-    if untied:
-        def body(carry, step):
-            p, uw = step
-            return _step(carry, unary, taps, terms, p, uw).astype(dtype), None
-        out, _ = lax.scan(body, log_q, (list(params), unary_weight))
-    else:
-        def body(carry, _):
-            return _step(carry, unary, taps, terms, params, unary_weight).astype(dtype), None
-        out, _ = lax.scan(body, log_q, None, length=num_steps)
+    def body(carry, step):
+        p, uw = step if untied else (params, unary_weight)
+        return _step(carry, unary, taps, terms, p, uw).astype(dtype), None
+
+    out, _ = lax.scan(body, log_q, (list(params), unary_weight) if untied else None,
+                      length=num_steps)
     return out
 
 

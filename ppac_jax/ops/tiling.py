@@ -32,9 +32,9 @@ _PLANAR_MIN_PIXELS = 64 * 64
 # Engine strips: one strip of the input (channels-last, channels padded to 8) is about this
 # many bytes, or, on planes, one strip of all source planes (input and guide). Every strip
 # runs every tap's few small XLA kernels, whose fixed cost dominates small strips; larger
-# strips cost temporary memory (one strip's worth), and past these sizes leave the cache.
+# strips cost temporary memory (a strip's worth; planar ones gained nothing past this size).
 _STRIP_BYTES = 1 << 19
-_PLANAR_STRIP_BYTES = 1 << 21
+_PLANAR_STRIP_BYTES = 1 << 20
 # pac_kernel strips: one tap's guide window (all channels) is about this big (as the engine's
 # strips: larger amortise each strip's fixed cost).
 _KERNEL_STRIP_BYTES = 1 << 18
