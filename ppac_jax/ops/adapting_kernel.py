@@ -18,7 +18,7 @@ from ppac_jax.ops import geometry as geo
 from ppac_jax.ops import tap_loop
 from ppac_jax.ops.kernel import KernelSpec, compute_dtype, kernel_spec
 from ppac_jax.ops.precision import matmul_precision
-from ppac_jax.ops.tiling import choose_tiling
+from ppac_jax.ops.tiling import check_tiling, choose_tiling
 
 # Cap of a shifted log-kernel (taps outside the shift's maximum only): e^50 is finite in float32.
 _MAX_SHIFTED_LOG = 50.0
@@ -89,7 +89,7 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
     guide = guide.astype(dtype)
     # A normalised gaussian kernel is built from its exponent (see _normalized_exp).
     log_domain = spec.log_domain
-    if tiling is None:
+    if check_tiling(tiling) is None:
         tiling = choose_tiling("kernel", batch=batch, out_size=out_size, channels=depth,
                                itemsize=dtype.itemsize, dense=channel_wise)
     if channel_wise or not tiling.planar:

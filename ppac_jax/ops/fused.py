@@ -21,7 +21,7 @@ from ppac_jax.ops.adapting_kernel import centre_features, check_mask, valid_frac
 from ppac_jax.ops.kernel import compute_dtype, kernel_spec
 from ppac_jax.ops.pac import _add_bias, _check_weight
 from ppac_jax.ops.precision import matmul_precision
-from ppac_jax.ops.tiling import choose_tiling
+from ppac_jax.ops.tiling import check_tiling, choose_tiling
 from ppac_jax.ops.prob import _check_weight_norm, _divide, _summed_exp, check_confidence
 
 
@@ -217,6 +217,7 @@ def _fused(x, guide, win: geo.Window, weight, bias, shared_filters, spec_params,
     per channel, depthwise). ``x_pad``: ``x`` already padded (``win.pad_input``'s shape), for
     a padding that is not zeros."""
     spec, params = spec_params
+    check_tiling(tiling)
     if spec.channel_wise:
         return _per_channel(x, guide, win, weight, bias, shared_filters, spec_params,
                             smooth_kernel, mask, tiling)

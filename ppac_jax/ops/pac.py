@@ -28,7 +28,7 @@ from ppac_jax.ops import geometry as geo
 from ppac_jax.ops import tap_loop
 from ppac_jax.ops.kernel import compute_dtype
 from ppac_jax.ops.precision import matmul_precision
-from ppac_jax.ops.tiling import Tiling, choose_impl, choose_tiling
+from ppac_jax.ops.tiling import Tiling, check_tiling, choose_impl, choose_tiling
 
 IMPLS = ("auto", "patches", "loop")
 
@@ -190,6 +190,7 @@ def windowed_product(x_pad, kernel, weight, g: _Product, impl: str = "auto",
         impl = "loop"
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    check_tiling(tiling)
     if impl == "auto":
         impl = choose_impl(x_pad.shape, g.window.kernel_size, g.window.out_size,
                            jnp.dtype(x_pad.dtype).itemsize)

@@ -48,6 +48,16 @@ _UNROLL_MAX_K = 7
 _AUTO_PATCHES_MAX_BYTES = 1 << 20
 
 
+def check_tiling(tiling):
+    """``tiling`` unchanged if it is ``None`` or a :class:`Tiling` of non-negative ints, else
+    ``ValueError`` naming it."""
+    if tiling is not None and not (isinstance(tiling, Tiling) and all(
+            isinstance(v, int) and v >= 0 for v in tiling)):
+        raise ValueError(f"tiling must be None or a ppac_jax.ops.tiling.Tiling(planar, rows, "
+                         f"group, backward_group) of non-negative ints, got {tiling!r}")
+    return tiling
+
+
 def choose_tiling(op: str, *, batch: int, out_size: Sequence[int], kernel_size=(1, 1),
                   channels: int = 1, guide_channels: int = 0, itemsize: int = 4,
                   dense: bool = False, backend: Optional[str] = None) -> Tiling:
