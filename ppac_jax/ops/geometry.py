@@ -211,7 +211,7 @@ class Window(NamedTuple):
         if self.tap_stride == (1, 1):
             zero = np.int32(0)
             return zero, zero, oi, oj
-        (sh, sw) = self.tap_stride
+        sh, sw = self.tap_stride
         return oi % sh, oj % sw, oi // sh, oj // sw
 
     def strip(self, rows: int) -> "Window":
