@@ -89,7 +89,8 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
     guide = guide.astype(dtype)
     # A normalised gaussian kernel is built from its exponent (see _normalized_exp).
     log_domain = spec.log_domain
-    if check_tiling(tiling) is None:
+    tiling = check_tiling(tiling)
+    if tiling is None:
         tiling = choose_tiling("kernel", batch=batch, out_size=out_size, channels=depth,
                                itemsize=dtype.itemsize, dense=channel_wise)
     if channel_wise or not tiling.planar:

@@ -409,7 +409,7 @@ def mean_field(unary, kernels, terms: Sequence[PairwiseTerm], params, unary_weig
     Returns:
       ``[B, H, W, C]`` final ``log_q``.
     """
-    _check_inputs(unary, kernels, terms, params, untied, num_steps)
+    _check_inputs(unary, kernels, terms, params, untied, num_steps, unary_weight)
     log_q = unary if log_q is None else log_q
     if log_q.shape != unary.shape:
         raise ValueError(f"log_q must have the unary's shape {unary.shape}, got {log_q.shape}")
@@ -475,7 +475,7 @@ def pac_crf(unary, edge_features, terms: Sequence[PairwiseTerm], params, unary_w
     return crf_output(log_q, final_output=final_output)
 
 
-def _check_inputs(unary, kernels, terms, params, untied, num_steps):
+def _check_inputs(unary, kernels, terms, params, untied, num_steps, unary_weight):
     geo.check_rank(unary, 4, "unary", "B, H, W, C")
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
         raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
@@ -484,6 +484,9 @@ def _check_inputs(unary, kernels, terms, params, untied, num_steps):
                          f"({len(params)}) must have one entry per pairwise term")
     batch, height, width, channels = unary.shape
     lead = (num_steps,) if untied else ()
+    if untied and tuple(jnp.shape(unary_weight)) != lead:
+        raise ValueError(f"unary_weight must have shape {lead} (one per step) with "
+                         f"untied=True, got {jnp.shape(unary_weight)}")
     for i, (term, kern, p) in enumerate(zip(terms, kernels, params)):
         expected = lead + term.messenger_shape(channels)
         if tuple(jnp.shape(p.messenger)) != expected:

@@ -217,7 +217,7 @@ def _fused(x, guide, win: geo.Window, weight, bias, shared_filters, spec_params,
     per channel, depthwise). ``x_pad``: ``x`` already padded (``win.pad_input``'s shape), for
     a padding that is not zeros."""
     spec, params = spec_params
-    check_tiling(tiling)
+    tiling = check_tiling(tiling)
     if spec.channel_wise:
         return _per_channel(x, guide, win, weight, bias, shared_filters, spec_params,
                             smooth_kernel, mask, tiling)

@@ -56,7 +56,8 @@ def pac_conv2d(x, kernel, weight, bias=None, *, stride=1, padding=0, dilation=1,
       stride, padding, dilation: ints or pairs.
       shared_filters: see ``weight``.
       impl: ``"auto"``, ``"patches"`` or ``"loop"`` (module docstring).
-      tiling: loop layout, :class:`~ppac_jax.ops.tiling.Tiling` (default: from the shapes).
+      tiling: loop layout, :class:`~ppac_jax.ops.tiling.Tiling` (default: from the shapes;
+        static; unused when ``impl`` is or picks ``"patches"``).
 
     Returns:
       ``[B, Ho, Wo, Cout]`` with ``Ho = (H + 2p - d(kh - 1) - 1) // s + 1`` (same for W).
@@ -190,7 +191,7 @@ def windowed_product(x_pad, kernel, weight, g: _Product, impl: str = "auto",
         impl = "loop"
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    check_tiling(tiling)
+    tiling = check_tiling(tiling)
     if impl == "auto":
         impl = choose_impl(x_pad.shape, g.window.kernel_size, g.window.out_size,
                            jnp.dtype(x_pad.dtype).itemsize)

@@ -14,7 +14,7 @@ _MIN_DENOMINATOR = 1e-20
 
 
 def prob_pac_conv2d(x, confidence, kernel, weight, weight_norm, bias=None, *, stride=1,
-                    padding=0, dilation=1, shared_filters=False, impl="auto"):
+                    padding=0, dilation=1, shared_filters=False, impl="auto", tiling=None):
     """Confidence-weighted PAC: ``pac(x * c, K, W) / max(pac(c, K, exp(W_norm)), 1e-20) + bias``.
 
     The denominator sums ``K * c * exp(W_norm)`` over the window taps (and, without
@@ -27,13 +27,15 @@ def prob_pac_conv2d(x, confidence, kernel, weight, weight_norm, bias=None, *, st
       weight: ``[kh, kw, Cin, Cout]`` or ``[kh, kw, 1, 1]`` when ``shared_filters``.
       weight_norm: log-weights of the normaliser, same shape as ``weight``.
       bias: optional ``[Cout]``.
+      stride, padding, dilation, shared_filters, impl, tiling: as in
+        :func:`ppac_jax.ops.pac_conv2d`.
 
     Returns:
       ``[B, Ho, Wo, Cout]``.
     """
     check_confidence(x, confidence)
     _check_weight_norm(weight, weight_norm)
-    options = dict(stride=stride, padding=padding, dilation=dilation, impl=impl)
+    options = dict(stride=stride, padding=padding, dilation=dilation, impl=impl, tiling=tiling)
     numerator = pac_conv2d(x * confidence, kernel, weight, shared_filters=shared_filters, **options)
     denominator = pac_conv2d(confidence, kernel, _summed_exp(weight_norm),
                              **options)
@@ -41,7 +43,7 @@ def prob_pac_conv2d(x, confidence, kernel, weight, weight_norm, bias=None, *, st
 
 
 def normalized_pac_conv2d(x, kernel, weight, weight_norm, bias=None, *, stride=1, padding=0,
-                          dilation=1, shared_filters=False, impl="auto"):
+                          dilation=1, shared_filters=False, impl="auto", tiling=None):
     """Normalised PAC: ``pac(x, K, W) / max(sum_t K_t * exp(W_norm)_t, 1e-20) + bias``.
 
     Unlike :func:`prob_pac_conv2d` the denominator counts every tap of the kernel, including
@@ -53,13 +55,15 @@ def normalized_pac_conv2d(x, kernel, weight, weight_norm, bias=None, *, stride=1
       weight, weight_norm: ``[kh, kw, Cin, Cout]`` (or ``[kh, kw, 1, 1]`` when
         ``shared_filters``).
       bias: optional ``[Cout]``.
+      stride, padding, dilation, shared_filters, impl, tiling: as in
+        :func:`ppac_jax.ops.pac_conv2d` (the denominator is one contraction, no loop).
 
     Returns:
       ``[B, Ho, Wo, Cout]``.
     """
     _check_weight_norm(weight, weight_norm)
     numerator = pac_conv2d(x, kernel, weight, stride=stride, padding=padding, dilation=dilation,
-                           shared_filters=shared_filters, impl=impl)
+                           shared_filters=shared_filters, impl=impl, tiling=tiling)
     if kernel.ndim != 5:
         raise ValueError(f"kernel must be [B, Ho, Wo, kh, kw], got {kernel.shape}")
     norm_weight = _summed_exp(weight_norm)[:, :, 0, :]      # [kh, kw, O]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional, Sequence
 
+import numpy as np
+
 
 class Tiling(NamedTuple):
     """Static loop layout of one op.
@@ -49,13 +51,18 @@ _AUTO_PATCHES_MAX_BYTES = 1 << 20
 
 
 def check_tiling(tiling):
-    """``tiling`` unchanged if it is ``None`` or a :class:`Tiling` of non-negative ints, else
-    ``ValueError`` naming it."""
-    if tiling is not None and not (isinstance(tiling, Tiling) and all(
-            isinstance(v, int) and v >= 0 for v in tiling)):
-        raise ValueError(f"tiling must be None or a ppac_jax.ops.tiling.Tiling(planar, rows, "
-                         f"group, backward_group) of non-negative ints, got {tiling!r}")
-    return tiling
+    """``None``, or ``tiling`` as a :class:`Tiling` of a bool and non-negative Python ints;
+    ``ValueError`` naming it otherwise (also for traced values: a tiling is static)."""
+    if tiling is None:
+        return None
+    counts = tiling[1:] if isinstance(tiling, Tiling) else ()
+    if not (isinstance(tiling, Tiling) and isinstance(tiling.planar, (bool, np.bool_)) and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0
+            for v in counts)):
+        raise ValueError(f"tiling must be None or a ppac_jax.ops.tiling.Tiling(planar: bool, "
+                         f"rows, group, backward_group: ints >= 0), a static value (under "
+                         f"jax.jit close over it or mark it static), got {tiling!r}")
+    return Tiling(bool(tiling.planar), *(int(v) for v in counts))
 
 
 def choose_tiling(op: str, *, batch: int, out_size: Sequence[int], kernel_size=(1, 1),

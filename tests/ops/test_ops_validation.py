@@ -1,6 +1,8 @@
 """Bad input raises ValueError naming the argument, before anything reaches XLA."""
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from ppac_jax import ops
@@ -41,6 +43,8 @@ W = jnp.zeros((3, 3, 3, 4))
     (lambda: ops.pac_conv2d(X, K3, W, padding=1, impl="loop", tiling=(False, 8)), "tiling"),
     (lambda: ops.pac_kernel(G, 3, tiling=ops.tiling.Tiling(rows=-1)), "tiling"),
     (lambda: ops.fused_pac_conv2d(X, G, W, tiling="planar"), "tiling"),
+    (lambda: ops.fused_pac_conv2d(X, G, W, tiling=ops.tiling.Tiling(2, 8)), "tiling"),
+    (lambda: ops.pac_kernel(G, 3, tiling=ops.tiling.Tiling(True, True)), "tiling"),
     (lambda: ops.pac_conv_transpose2d(X, K3, W, stride=2, output_padding=2), "output_padding"),
     (lambda: ops.pac_conv_transpose2d(X, K3, W, stride=2, padding=1), "kernel must have shape"),
     (lambda: ops.pac_pool2d(X, K3, kernel_size=5, padding=2), "kernel must have shape"),
@@ -52,3 +56,21 @@ W = jnp.zeros((3, 3, 3, 4))
 def test_bad_input_raises_value_error_naming_argument(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_tiling_takes_numpy_ints_and_must_be_static():
+    tiling = ops.tiling.Tiling(False, np.int64(3))
+    np.testing.assert_allclose(ops.fused_pac_conv2d(X, G, W, padding=1, tiling=tiling),
+                               ops.fused_pac_conv2d(X, G, W, padding=1), rtol=1e-6, atol=1e-6)
+    traced = jax.jit(lambda t: ops.fused_pac_conv2d(X, G, W, padding=1, tiling=t))
+    with pytest.raises(ValueError, match="static"):
+        traced(ops.tiling.Tiling(False, 3))
+
+
+def test_untied_crf_needs_one_unary_weight_per_step():
+    terms = [ops.make_term(3, compat_type="na")]
+    params = [ops.TermParams(jnp.zeros((2, 3, 3, 2, 2)), jnp.ones((2,)))]
+    for weight in (1.0, jnp.ones(3)):
+        with pytest.raises(ValueError, match="unary_weight"):
+            ops.mean_field(jnp.zeros((1, 6, 6, 2)), [None], terms, params, weight, num_steps=2,
+                           untied=True)
