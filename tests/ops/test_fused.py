@@ -169,8 +169,8 @@ def test_fused_prob_matches_two_step(shared, k, s, p, kt, planar):
 
     def fused(x, conf, guide, weight, weight_norm, bias, alpha, lam):
         return ops.fused_prob_pac_conv2d(x, conf, guide, weight, weight_norm, bias,
-                                                shared_filters=shared, tiling=tiling, **geom,
-                                                **kw(alpha, lam))
+                                         shared_filters=shared, tiling=tiling, **geom,
+                                         **kw(alpha, lam))
 
     _compare(two_step, fused, (x, conf, guide, weight, weight_norm, bias, alpha, lam), seed=3)
 
@@ -333,13 +333,13 @@ def test_fused_row_strips_match_two_step(case):
 
     def fused(x, guide, weight):
         y = ops.fused_pac_conv2d(x, guide, weight, shared_filters=shared, mask=mask,
-                                        normalize=normalize, tiling=strips, **geom)
+                                 normalize=normalize, tiling=strips, **geom)
         return y[0] if with_mask else y
 
     def loop(x, guide, weight):
         kern, _ = ops.pac_kernel(guide, k, mask=mask, normalize=normalize, **geom)
         return ops.pac_conv2d(x, kern, weight, shared_filters=shared, impl="loop",
-                                   tiling=strips, **geom)
+                              tiling=strips, **geom)
 
     _compare(two_step, fused, (x, guide, weight), 8, loop)
 
@@ -361,7 +361,7 @@ def test_planar_loop_matches_patches(s, d):
                                      tiling=planes, **geom)
             return (conv(x, kern, weight), conv(x, kern_cw, weight),
                     ops.pac_pool2d(x, kern_cw, kernel_size=k, impl=impl, tiling=planes,
-                                        **geom))
+                                   **geom))
         return run
 
     _compare(ops_with("patches"), ops_with("loop"), (x, guide, r(k, k, 1, 1)), seed=41)

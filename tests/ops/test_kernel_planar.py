@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ppac_jax.ops import geometry as geo
 from ppac_jax import ops
 from ppac_jax.ops import adapting_kernel
+from ppac_jax.ops import geometry as geo
 from ppac_jax.ops import kernel as kernel_mod
 from ppac_jax.ops.tiling import Tiling
 
