@@ -12,18 +12,8 @@ runs every tap's small XLA kernels, whose fixed launch cost differs between CPUs
 from __future__ import annotations
 
 import argparse
-import time
 
-
-def _best(fn, args, repeats):
-    import jax
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return min(times)
+from benchmarks.kernel import _best
 
 
 def main(argv=None):
