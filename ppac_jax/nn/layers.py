@@ -32,7 +32,6 @@ from jax import lax
 from ppac_jax import ops
 from ppac_jax.nn import fillers
 from ppac_jax.ops.geometry import as_pair
-from ppac_jax.ops.kernel import parse_kernel_type
 from ppac_jax.ops.precision import matmul_precision
 
 IntOrPair = Union[int, Sequence[int]]
@@ -54,6 +53,28 @@ def _numpy_rng(rngs: Optional[nnx.Rngs]) -> np.random.Generator:
     return np.random.default_rng(np.asarray(jax.random.key_data(rngs.params())).ravel())
 
 
+def parse_kernel_type(name: str) -> dict:
+    """Parse the original's kernel-type strings (``pac.PacConv2d``'s ``kernel_type`` option).
+
+    ``"gaussian"`` -> ``{"kernel_type": "gaussian", "asym": False, ...}``;
+    ``"inv_{alpha}_{lambda}[_asym][_fixed]"`` -> ``kernel_type="inv"`` with ``inv_alpha``,
+    ``inv_lambda`` (floats, the initial values), ``asym`` and ``fixed`` (not learnable).
+    Raises ``ValueError`` for any other string.
+    """
+    parts = name.split("_")
+    if parts == ["gaussian"]:
+        return dict(kernel_type="gaussian", asym=False, fixed=False, inv_alpha=None,
+                    inv_lambda=None)
+    if parts[0] == "inv" and len(parts) >= 3 and set(parts[3:]) <= {"asym", "fixed"}:
+        try:
+            alpha, lam = float(parts[1]), float(parts[2])
+        except ValueError:
+            alpha = lam = None
+        if alpha is not None:
+            return dict(kernel_type="inv", asym="asym" in parts[3:], fixed="fixed" in parts[3:],
+                        inv_alpha=alpha, inv_lambda=lam)
+    raise ValueError(f'kernel_type must be "gaussian" or "inv_{{alpha}}_{{lambda}}[_asym][_fixed]", '
+                     f"got {name!r}")
 
 
 def _check_channels(value: int, name: str) -> int:

@@ -108,29 +108,6 @@ def kernel_from_distance(dist, kernel_type, inv_alpha=None, inv_lambda=None):
     return inv_alpha + (dist + _INV_EPS) ** (0.5 * inv_lambda)
 
 
-def parse_kernel_type(name: str) -> dict:
-    """Parse the original's kernel-type strings.
-
-    ``"gaussian"`` -> ``{"kernel_type": "gaussian", "asym": False, ...}``;
-    ``"inv_{alpha}_{lambda}[_asym][_fixed]"`` -> ``kernel_type="inv"`` with ``inv_alpha``,
-    ``inv_lambda`` (floats, the initial values), ``asym`` and ``fixed`` (not learnable).
-    """
-    parts = name.split("_")
-    if parts == ["gaussian"]:
-        return dict(kernel_type="gaussian", asym=False, fixed=False, inv_alpha=None,
-                    inv_lambda=None)
-    if parts[0] == "inv" and len(parts) >= 3 and set(parts[3:]) <= {"asym", "fixed"}:
-        try:
-            alpha, lam = float(parts[1]), float(parts[2])
-        except ValueError:
-            alpha = lam = None
-        if alpha is not None:
-            return dict(kernel_type="inv", asym="asym" in parts[3:], fixed="fixed" in parts[3:],
-                        inv_alpha=alpha, inv_lambda=lam)
-    raise ValueError(f'kernel_type must be "gaussian" or "inv_{{alpha}}_{{lambda}}[_asym][_fixed]", '
-                     f"got {name!r}")
-
-
 def _check_inv_param(value, name, depth, channel_wise):
     value = jnp.asarray(value)
     if value.shape == () or (channel_wise and value.shape == (depth,)):

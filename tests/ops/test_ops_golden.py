@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ppac_jax import ops
-from ppac_jax.ops.kernel import parse_kernel_type
+from ppac_jax.nn.layers import parse_kernel_type
 from tests import golden as G
 
 IMPLS = ["patches", "loop"]
