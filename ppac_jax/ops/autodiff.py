@@ -14,7 +14,7 @@ and ``jit`` lowers the undecorated function (the same program as with ``jax.cust
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import jax
 from jax.experimental.hijax import ShapedArray, VJPHiPrimitive, Zero, instantiate_zeros
@@ -25,36 +25,28 @@ def _aval(x):
 
 
 class custom_vjp:  # named like the jax.custom_vjp it stands in for
-    """``jax.custom_vjp`` with the same decorator surface (``nondiff_argnums``, ``defvjp``) whose
-    functions also support ``jax.jvp`` / ``linearize`` / ``jacfwd`` / ``hessian``.
+    """``jax.custom_vjp`` with the last argument non-differentiable (``nondiff_argnums=(-1,)``)
+    whose functions also support ``jax.jvp`` / ``linearize`` / ``jacfwd`` / ``hessian``.
 
-    ``fwd(*args) -> (out, residuals)`` and ``bwd(*nondiff_args, residuals, cotangent) ->
-    gradients of the other arguments`` as for ``jax.custom_vjp``. Non-differentiable arguments
-    must be hashable (they become the primitive's parameters); the others are pytrees of arrays
-    (``None`` allowed).
+    ``fwd(*args) -> (out, residuals)`` and ``bwd(static, residuals, cotangent) -> gradients of
+    the other arguments`` as for ``jax.custom_vjp``. The last argument must be hashable (it
+    becomes the primitive's parameter); the others are pytrees of arrays (``None`` allowed).
     """
 
-    def __init__(self, fun: Callable, nondiff_argnums: Sequence[int] = ()):
+    def __init__(self, fun: Callable):
         self.fun = fun
-        self.nondiff_argnums = tuple(sorted(nondiff_argnums))
         self.fwd = self.bwd = None
         functools.update_wrapper(self, fun)
 
     def defvjp(self, fwd: Callable, bwd: Callable) -> None:
         self.fwd, self.bwd = fwd, bwd
 
-    def _merge(self, static, dynamic):
-        args, s, d = [], iter(static), iter(dynamic)
-        for i in range(len(static) + len(dynamic)):
-            args.append(next(s) if i in self.nondiff_argnums else next(d))
-        return args
-
     def __call__(self, *args):
-        static = tuple(args[i] for i in self.nondiff_argnums)
-        dynamic = tuple(a for i, a in enumerate(args) if i not in self.nondiff_argnums)
-        leaves, tree = jax.tree_util.tree_flatten(dynamic)
-        in_avals = jax.tree_util.tree_unflatten(tree, [jax.typeof(x) for x in leaves])
-        out_aval = _out_aval(self, static, tree, tuple(jax.tree_util.tree_leaves(in_avals)))
+        *dynamic, static = args
+        leaves, tree = jax.tree_util.tree_flatten(tuple(dynamic))
+        avals = [jax.typeof(x) for x in leaves]
+        out_aval = _out_aval(self, static, tree, tuple(avals))
+        in_avals = jax.tree_util.tree_unflatten(tree, avals)
         return _Call(self, static, in_avals, out_aval)(*dynamic)
 
 
@@ -63,38 +55,35 @@ def _out_aval(rule: custom_vjp, static, tree, leaf_avals):
     """Output avals of ``rule.fun`` (one abstract trace per signature)."""
     dynamic = jax.tree_util.tree_unflatten(
         tree, [jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type) for a in leaf_avals])
-    out = jax.eval_shape(lambda *d: rule.fun(*rule._merge(static, d)), *dynamic)
+    out = jax.eval_shape(lambda *d: rule.fun(*d, static), *dynamic)
     return jax.tree_util.tree_map(_aval, out)
 
 
 class _Call(VJPHiPrimitive):
-    def __init__(self, rule: custom_vjp, static: tuple, in_avals, out_aval):
+    def __init__(self, rule: custom_vjp, static, in_avals, out_aval):
         self.in_avals = in_avals
         self.out_aval = out_aval
         self.params = {"rule": rule, "static": static}
         super().__init__()
 
-    def _plain(self, *dynamic):
-        return self.rule.fun(*self.rule._merge(self.static, dynamic))
-
     def expand(self, *dynamic):
-        return self._plain(*dynamic)
+        return self.rule.fun(*dynamic, self.static)
 
     def vjp_fwd(self, nzs_in, *dynamic):
-        return self.rule.fwd(*self.rule._merge(self.static, dynamic))
+        return self.rule.fwd(*dynamic, self.static)
 
     def vjp_bwd_retval(self, residuals, cotangent):
-        return tuple(self.rule.bwd(*self.static, residuals, cotangent))
+        return tuple(self.rule.bwd(self.static, residuals, cotangent))
 
     def jvp(self, primals, tangents):
-        return jax.jvp(self._plain, primals, _instantiate(tangents))
+        return jax.jvp(self.expand, primals, _instantiate(tangents))
 
     # jax.linearize: the residuals are the inputs; the linear map re-runs the forward loop's jvp
     def lin(self, nzs_in, *dynamic):
-        return self._plain(*dynamic), dynamic
+        return self.expand(*dynamic), dynamic
 
     def linearized(self, residuals, *tangents):
-        return jax.jvp(self._plain, residuals, _instantiate(tangents))[1]
+        return jax.jvp(self.expand, residuals, _instantiate(tangents))[1]
 
     def batch_dim_rule(self, axis_data, in_dims):
         return jax.tree_util.tree_map(lambda _: 0, self.out_aval)

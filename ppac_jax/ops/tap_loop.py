@@ -390,7 +390,7 @@ def _as_phases(x):
     return x[None, None] if getattr(x, "ndim", 6) == 4 else x
 
 
-@functools.partial(autodiff.custom_vjp, nondiff_argnums=(6,))
+@autodiff.custom_vjp
 def _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
     x_ph = _as_phases(x_ph)
     if not plan.rows:
