@@ -7,6 +7,7 @@ This module is the only place that knows that formula.
 
 from __future__ import annotations
 
+import itertools
 import numbers
 from typing import Iterator, NamedTuple, Sequence, Tuple, Union
 
@@ -55,6 +56,13 @@ def check_non_negative(value: IntOrPair, name: str) -> Pair:
     return v
 
 
+def _check_steps(stride, padding, dilation, output_padding):
+    """Validated ``(stride, padding, dilation, output_padding)`` pairs."""
+    return (check_positive(stride, "stride"), check_non_negative(padding, "padding"),
+            check_positive(dilation, "dilation"),
+            check_non_negative(output_padding, "output_padding"))
+
+
 def check_rank(array, rank: int, name: str, layout: str) -> None:
     """Raise if ``array`` does not have ``rank`` dimensions (``layout`` names them)."""
     if getattr(array, "ndim", None) != rank:
@@ -86,10 +94,7 @@ def transposed_geometry(spatial: Sequence[int], k: Pair, stride: IntOrPair, padd
     ``spatial`` is the low-resolution input's ``(h, w)``; ``output_padding`` must be smaller
     than ``stride`` or ``dilation`` (as in PyTorch).
     """
-    s = check_positive(stride, "stride")
-    p = check_non_negative(padding, "padding")
-    d = check_positive(dilation, "dilation")
-    op = check_non_negative(output_padding, "output_padding")
+    s, p, d, op = _check_steps(stride, padding, dilation, output_padding)
     for a in range(2):
         if op[a] >= max(s[a], d[a]):
             raise ValueError(f"output_padding must be smaller than stride or dilation, got "
@@ -239,10 +244,7 @@ def window(size: Sequence[int], kernel_size: IntOrPair, *, stride: IntOrPair = 1
         s, p, op, d, out = transposed_geometry(size, k, stride, padding, output_padding,
                                                dilation)
         return Window(k, s, p, d, op, True, size, out)
-    s = check_positive(stride, "stride")
-    p = check_non_negative(padding, "padding")
-    d = check_positive(dilation, "dilation")
-    op = check_non_negative(output_padding, "output_padding")
+    s, p, d, op = _check_steps(stride, padding, dilation, output_padding)
     if not transposed:
         out = tuple(conv_output_size(size[a], k[a], s[a], p[a], d[a]) for a in range(2))
         if min(out) < 1:
@@ -304,9 +306,7 @@ def tap_slice(x_pad, tap: Pair, out_size: Pair, stride: Pair, dilation: Pair):
 
 def taps(kernel_size: Pair) -> Iterator[Pair]:
     """All window offsets in row-major order (the order of the kernel's ``kh, kw`` axes)."""
-    for i in range(kernel_size[0]):
-        for j in range(kernel_size[1]):
-            yield (i, j)
+    return itertools.product(range(kernel_size[0]), range(kernel_size[1]))
 
 
 def extract_windows(x_pad, kernel_size: Pair, out_size: Pair, stride: Pair, dilation: Pair):

@@ -5,27 +5,21 @@ One window sum ::
     U[b, o, :] = sum_t  K_t[b, o] * v_t[b, o] * (W_t applied to x_t[b, o, :])
     N[b, o]    = sum_t  K_t[b, o] * v_t[b, o]                  (only when asked for)
 
-where ``x_t`` (and the guide samples ``g_t``, the validity ``v_t``) are the samples tap ``t``
-reads, and ``K_t`` is either a slice of a precomputed kernel or computed on the fly from
-``g_t`` and the window centre (the *fused* form). A ``lax.fori_loop`` walks over groups of
-taps, and over strips of output rows; one custom VJP walks over them again in the backward
-pass and recomputes every per-tap quantity, so neither the ``kh * kw`` shifted copies of the
-input nor the ``[B, Ho, Wo, kh, kw]`` kernel is ever held.
+where ``x_t``, the guide samples ``g_t`` and the validity ``v_t`` are what tap ``t`` reads, and
+``K_t`` is a slice of a precomputed kernel or is computed from ``g_t`` and the window centre
+(the *fused* form). A ``lax.fori_loop`` walks over groups of taps and strips of output rows;
+one custom VJP walks them again backward and recomputes every per-tap quantity, so neither the
+``kh * kw`` shifted copies of the input nor the ``[B, Ho, Wo, kh, kw]`` kernel is ever held.
 
-The contraction of a step's taps (:func:`_group_terms`) is *dense* (``W_t`` a ``C x O``
-matrix: one matmul over the group's taps and channels), *per-channel* (``W_t`` one scalar per
-channel, or one for all: shared filters, pooling, depthwise and PPAC products), or *write the
-kernel out* (``Plan.kernel_out``: the result is ``K`` itself, tap-major; :func:`window_kernel`,
-behind :func:`ppac_jax.ops.pac_kernel`). A new contraction is a branch there (forward terms
-only; the custom VJP differentiates them with ``jax.vjp`` per step).
+A step's contraction (:func:`_group_terms`) is *dense* (``W_t`` a ``C x O`` matrix: one matmul
+over the group's taps and channels), *per-channel* (``W_t`` one scalar per channel, or one for
+all) or *write the kernel out* (``Plan.kernel_out``: the result is ``K`` itself, tap-major,
+:func:`window_kernel`); the custom VJP differentiates a step's terms with ``jax.vjp``.
 
-Per-channel sums of large images run on *planes* (a tuple of per-channel arrays without a
-channel axis, :func:`_planes`): XLA CPU vectorises their elementwise work over the image width,
-where channels-last arrays put a tiny channel axis innermost. Dense sums stay channels-last,
-where each tap is a matmul over the channels.
-
-Strided windows become contiguous dynamic slices of the sources' stride phases
-(:func:`ppac_jax.ops.geometry.phase_split`, :meth:`~ppac_jax.ops.geometry.Window.tap_start`).
+Per-channel sums of large images run on *planes* (per-channel arrays without a channel axis,
+:func:`_planes`): XLA CPU vectorises their elementwise work over the image width, where
+channels-last arrays put a tiny channel axis innermost. Strided windows become contiguous
+dynamic slices of the sources' stride phases (:func:`ppac_jax.ops.geometry.phase_split`).
 """
 
 from __future__ import annotations
@@ -37,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.tree_util import tree_map
 
 from ppac_jax.ops import autodiff
 from ppac_jax.ops import geometry as geo
@@ -65,19 +60,12 @@ class Plan(NamedTuple):
     # ((top, bottom), (left, right)): the sources come unpadded (stride 1) and are zero padded
     # inside the custom VJP, whose backward accumulates their gradients unpadded
     pads: tuple = ()
-    # the result is the kernel itself, tap-major [T, B, Ho, Wo] (fused, planar; no input,
-    # weight or validity): window_kernel
+    # the result is K itself, tap-major [T, B, Ho, Wo] (fused, planar, no input): window_kernel
     kernel_out: bool = False
-    # strips read their taps from the whole (padded) sources, not from copies of their rows
-    # + halo, which for a widely dilated window would move ~halo / rows times the image per sum
-    # (precomputed kernels, channels-last). The input may be [B, H, W, C] (stride 1): the
-    # custom VJP then saves the caller's array, not a reshaped copy.
+    # precomputed kernels, channels-last: strips read their taps from the whole (padded) sources,
+    # not from copies of their rows + halo (~halo / rows images per sum when widely dilated); a
+    # [B, H, W, C] input (stride 1) is then saved by the custom VJP as is, not reshaped.
     direct: bool = False
-
-
-def _map(fn, *trees):
-    """``fn`` over the arrays of a source (one array, or a tuple of planes); ``None`` stays."""
-    return jax.tree_util.tree_map(fn, *trees)
 
 
 def _planes(a):
@@ -147,19 +135,15 @@ def _strips(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
     if plan.rows == 0 or plan.rows >= out_h:
         return _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan._replace(rows=0))
     # Every strip has `rows` rows; the last one is moved up to end at the last output row
-    # (see _strip_start), so no source, kernel or output is padded to a whole number of strips.
+    # (geometry.strip_start), so no source, kernel or output is padded to a whole number of strips.
     if not plan.pads and not plan.direct:
         # Only stride phases can be shorter than the rows the strips read.
         need = out_h + plan.window.halo
         pad = lambda a: jnp.pad(a, [(0, 0)] * 3 + [(0, max(0, need - a.shape[3]))]
                                 + [(0, 0)] * (a.ndim - 4))
-        x_ph, v_ph = _map(pad, x_ph), _map(pad, v_ph)
-        ksrc = _map(pad, ksrc) if plan.fused else ksrc
+        x_ph, v_ph = tree_map(pad, x_ph), tree_map(pad, v_ph)
+        ksrc = tree_map(pad, ksrc) if plan.fused else ksrc
     return _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan)
-
-
-def _strip_start(strip, plan: Plan):
-    return geo.strip_start(strip, plan.rows, plan.window.out_size[0])
 
 
 def _fresh_rows(cotangent, strip, start, plan: Plan):
@@ -172,27 +156,22 @@ def _fresh_rows(cotangent, strip, start, plan: Plan):
         shape = [1] * a.ndim
         shape[axis] = -1
         return jnp.where(keep.reshape(shape), a, jnp.zeros((), a.dtype))
-    return _map(fresh, cotangent)
+    return tree_map(fresh, cotangent)
 
 
 def _rows(tree, axis, start, size):
-    def rows(a):
-        index = [np.int32(0)] * a.ndim
-        index[axis] = jnp.asarray(start, jnp.int32)
-        shape = list(a.shape)
-        shape[axis] = size
-        return lax.dynamic_slice(a, index, shape)
-    return _map(rows, tree)
+    start = jnp.asarray(start, jnp.int32)
+    return tree_map(lambda a: lax.dynamic_slice_in_dim(a, start, size, axis), tree)
 
 
 def _rows_add(acc, update, axis, start, *, add=True):
+    start = jnp.asarray(start, jnp.int32)
+
     def rows_add(a, u):
-        index = [np.int32(0)] * a.ndim
-        index[axis] = jnp.asarray(start, jnp.int32)
         if add:
-            u = lax.dynamic_slice(a, index, u.shape) + u
-        return lax.dynamic_update_slice(a, u, index)
-    return _map(rows_add, acc, update)
+            u = lax.dynamic_slice_in_dim(a, start, u.shape[axis], axis) + u
+        return lax.dynamic_update_slice_in_dim(a, u, start, axis)
+    return tree_map(rows_add, acc, update)
 
 
 def _strip(x_ph, ksrc, v_ph, centre, start, plan: Plan):
@@ -237,7 +216,7 @@ def _padded_rows(tree, axis, start, size, *, plan: Plan):
         widths = [(0, 0)] * a.ndim
         widths[4] = (left, right)
         return jnp.pad(strip, widths)
-    return _map(rows, tree)
+    return tree_map(rows, tree)
 
 
 def _tap_index(t, plan: Plan, row0=0):
@@ -253,7 +232,7 @@ def _window(src, t, plan: Plan, row0=0):
     """Tap ``t``'s samples of a phase-split source: ``[B, Ho, Wo, C]`` (planes: ``[B, Ho, Wo]``)."""
     index = _tap_index(t, plan, row0)
     size = lambda a: (1, 1, a.shape[2], *plan.window.out_size, *a.shape[5:])
-    return _map(lambda a: lax.dynamic_slice(a, index, size(a), allow_negative_indices=False)
+    return tree_map(lambda a: lax.dynamic_slice(a, index, size(a), allow_negative_indices=False)
                 [0, 0], src)
 
 
@@ -265,7 +244,7 @@ def _window_add(acc, update, t, plan: Plan, row0=0):
         current = lax.dynamic_slice(a, index, (1, 1, *u.shape), allow_negative_indices=False)
         return lax.dynamic_update_slice(a, current + u[None, None], index,
                                         allow_negative_indices=False)
-    return _map(add, acc, update)
+    return tree_map(add, acc, update)
 
 
 def _gather(x_ph, ksrc, v_ph, weight, t0, size, plan: Plan, row0=0):
@@ -276,7 +255,7 @@ def _gather(x_ph, ksrc, v_ph, weight, t0, size, plan: Plan, row0=0):
         ks = tuple(_window(ksrc, t, plan) for t in ts)
     else:
         block = _rows(ksrc, 0, t0, size)
-        ks = tuple(_map(lambda a: a[g], block) for g in range(size))
+        ks = tuple(tree_map(lambda a: a[g], block) for g in range(size))
     vs = None if v_ph is None else tuple(_window(v_ph, t, plan, row0) for t in ts)
     return xs, ks, vs, _rows(weight, 0, t0, size)
 
@@ -351,21 +330,9 @@ def window_min_distance(guide_ph, v_ph, centre, plan: Plan):
     return jnp.where(jnp.isinf(low), jnp.zeros((), low.dtype), low)
 
 
-def _steps(plan: Plan):
-    """``(number of full groups, size of the remainder group)``."""
-    taps = plan.window.taps
-    group = plan.group
-    if group < 1:
-        # Several taps per step amortise the per-step overhead and feed the dense product one
-        # matmul over group * C channels; at most 3 keeps the step's temporaries (and so the
-        # op's memory) independent of the kernel size.
-        group = min(plan.window.kernel_size[1], 3) if plan.dense else plan.window.kernel_size[1]
-    group = min(group, taps)
-    return group, taps // group, taps % group
-
-
 def _over_taps(step, plan: Plan, carry):
-    """``carry = step(t0, size, carry)`` for every group of taps (:func:`_steps`).
+    """``carry = step(t0, size, carry)`` for every group of ``plan.group`` taps (0: one window
+    row, dense products at most 3) and the remainder group.
 
     Returns ``(carry, zero)``: ``zero`` is an int32 0 that XLA cannot constant-fold (it comes
     out of the loop). Tap indices of the remainder group, and any other index that would be a
@@ -373,7 +340,14 @@ def _over_taps(step, plan: Plan, carry):
     indices as a scalar loop over the whole target with a bounds test per element, many times
     slower than the vectorised in-place update a traced index gets.
     """
-    group, full, rest = _steps(plan)
+    group = plan.group
+    if group < 1:
+        # Several taps per step amortise the per-step overhead and feed the dense product one
+        # matmul over group * C channels; at most 3 keeps the step's temporaries (and so the
+        # op's memory) independent of the kernel size.
+        group = min(plan.window.kernel_size[1], 3) if plan.dense else plan.window.kernel_size[1]
+    group = min(group, plan.window.taps)
+    full, rest = divmod(plan.window.taps, group)
 
     def body(s, state):
         carry, _ = state
@@ -383,6 +357,10 @@ def _over_taps(step, plan: Plan, carry):
     if rest:
         carry = step(full * group + zero, rest, carry)
     return carry, zero
+
+
+def _zeros(tree):
+    return tree_map(jnp.zeros_like, tree)
 
 
 def _as_phases(x):
@@ -401,7 +379,7 @@ def _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
         x_ph, ksrc, v_ph = _padded_sources(x_ph, ksrc, v_ph, plan)
 
     def body(strip, carry):
-        start = _strip_start(strip, plan)
+        start = geo.strip_start(strip, plan.rows, plan.window.out_size[0])
         sources, inner, row0 = _strip(x_ph, ksrc, v_ph, centre, start, plan)
         du, dn = _taps_forward(*sources, weight, params, inner, row0)
         u, n = carry
@@ -438,7 +416,7 @@ def _taps_forward(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, row0=0):
         u, n = carry
         if plan.kernel_out:
             return _rows_add(u, du, 0, t0, add=False), None
-        return _map(jnp.add, u, du), (None if dn is None else _map(jnp.add, n, dn))
+        return tree_map(jnp.add, u, du), (None if dn is None else tree_map(jnp.add, n, dn))
 
     return _over_taps(step, plan, (u0, n0))[0]
 
@@ -453,7 +431,7 @@ def _padded_sources(x_ph, ksrc, v_ph, plan: Plan):
         widths = [(0, 0)] * a.ndim
         widths[3], widths[4] = (top, bottom), (left, right)
         return jnp.pad(a, widths)
-    return _map(pad, x_ph), (_map(pad, ksrc) if plan.fused else ksrc), _map(pad, v_ph)
+    return tree_map(pad, x_ph), (tree_map(pad, ksrc) if plan.fused else ksrc), tree_map(pad, v_ph)
 
 
 def _unpadded_add(acc, local, row0, plan: Plan):
@@ -477,7 +455,7 @@ def _unpadded_add(acc, local, row0, plan: Plan):
         loc = lax.dynamic_slice_in_dim(_row_pad(loc, span), span + dst - off, span, axis=3)
         current = lax.dynamic_slice_in_dim(a, dst, span, axis=3)
         return lax.dynamic_update_slice_in_dim(a, current + loc, dst, axis=3)
-    return _map(add, acc, local)
+    return tree_map(add, acc, local)
 
 
 def _window_sum_fwd(x_ph, ksrc, v_ph, centre, weight, params, plan):
@@ -490,8 +468,7 @@ def _window_sum_bwd(plan, residuals, cotangents):
     if getattr(x_in, "ndim", 6) == 4:
         dx, *grads = _window_sum_bwd(plan, (_as_phases(x_in), *residuals[1:]), cotangents)
         return (dx.reshape(x_in.shape), *grads)
-    zeros = functools.partial(jax.tree_util.tree_map, jnp.zeros_like)
-    dv, dx0, dk0 = zeros(v_in), zeros(x_in), zeros(ksrc_in)    # unpadded with plan.pads
+    dv, dx0, dk0 = _zeros(v_in), _zeros(x_in), _zeros(ksrc_in)    # unpadded with plan.pads
     unpadded = bool(plan.pads)
     if not plan.rows:
         x_ph, ksrc, v_ph = _padded_sources(x_in, ksrc_in, v_in, plan)
@@ -505,13 +482,13 @@ def _window_sum_bwd(plan, residuals, cotangents):
 
     if plan.direct:     # gradients of the whole padded sources, cropped at the end
         x_src, k_src, v_src = _padded_sources(x_in, ksrc_in, v_in, plan)
-        dx0 = zeros(x_src)
+        dx0 = _zeros(x_src)
     else:
         x_src, k_src, v_src = x_in, ksrc_in, v_in
 
     def body(strip, carry):
         dx, dk, dc, dw, dp = carry
-        start = _strip_start(strip, plan)
+        start = geo.strip_start(strip, plan.rows, plan.window.out_size[0])
         sources, inner, row0 = _strip(x_src, k_src, v_src, centre, start, plan)
         cts = _step_cotangents(cotangents, plan, strip, start)
         if plan.direct:
@@ -524,13 +501,13 @@ def _window_sum_bwd(plan, residuals, cotangents):
         else:
             dk = _unpadded_add(dk, gk, start, plan) if unpadded else _rows_add(dk, gk, 3, start)
         dc = _rows_add(dc, gc, 1, start)
-        return dx, dk, dc, _map(jnp.add, dw, gw), _map(jnp.add, dp, gp)
+        return dx, dk, dc, tree_map(jnp.add, dw, gw), tree_map(jnp.add, dp, gp)
 
-    carry = (dx0, dk0, None if centre is None else zeros(centre), zeros(weight), zeros(params))
+    carry = (dx0, dk0, None if centre is None else _zeros(centre), _zeros(weight), _zeros(params))
     dx, dk, dc, dw, dp = lax.fori_loop(0, plan.window.strip_count(plan.rows), body, carry)
     if plan.direct and plan.pads:
         (top, _), (left, _) = plan.pads
-        dx = _map(lambda a, x: lax.slice(a, (0, 0, 0, top, left, 0),
+        dx = tree_map(lambda a, x: lax.slice(a, (0, 0, 0, top, left, 0),
                                          (*a.shape[:3], top + x.shape[3], left + x.shape[4],
                                           a.shape[5])), dx, x_in)
     return dx, dk, dv, dc, dw, dp
@@ -549,7 +526,7 @@ def _step_cotangents(cotangents, plan: Plan, strip=None, start=0):
             zero = jnp.zeros((), jnp.int32)
             index = (jnp.asarray(t0, jnp.int32), zero, jnp.asarray(start, jnp.int32), zero)
             return lax.dynamic_slice(a, index, (size, a.shape[1], rows, a.shape[3]))
-        return lambda t0, size: (fresh(_map(lambda a: block(a, t0, size), cotangents[0])), None)
+        return lambda t0, size: (fresh(tree_map(lambda a: block(a, t0, size), cotangents[0])), None)
     cts = cotangents if strip is None else tuple(fresh(_rows(ct, 1, start, rows))
                                                  for ct in cotangents)
     return lambda t0, size: cts
@@ -574,18 +551,17 @@ def _taps_backward(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan, step_co
             else:
                 # Tap by tap (XLA CPU does not vectorise a stacked update's concatenate);
                 # each tap's rows are written once: no read of the current value.
-                dk = _rows_add(dk, _map(lambda a: a[None], gk[g]), 0, t0 + g, add=False)
-        dc = None if dc is None else _map(jnp.add, dc, gc)
+                dk = _rows_add(dk, tree_map(lambda a: a[None], gk[g]), 0, t0 + g, add=False)
+        dc = None if dc is None else tree_map(jnp.add, dc, gc)
         dw = _rows_add(dw, gw, 0, t0)
-        dp = jax.tree_util.tree_map(jnp.add, dp, gp)
+        dp = tree_map(jnp.add, dp, gp)
         return dx, dk, dc, dw, dp
 
-    zeros = functools.partial(jax.tree_util.tree_map, jnp.zeros_like)
     # With plan.centre_tap, dc is the gradient of the centre read from the guide: summed over
     # the taps in the output frame and added to the guide's gradient once, at the end.
-    dc0 = _window(ksrc, plan.centre_tap, plan) if plan.centre_tap >= 0 else centre
-    carry = (zeros(x_ph) if dx0 is None else dx0, zeros(ksrc),
-             None if dc0 is None else zeros(dc0), zeros(weight), zeros(params))
+    dc0 = _centre(ksrc, centre, plan)
+    carry = (_zeros(x_ph) if dx0 is None else dx0, _zeros(ksrc),
+             None if dc0 is None else _zeros(dc0), _zeros(weight), _zeros(params))
     plan = plan._replace(group=plan.backward_group or plan.group)
     (dx, dk, dc, dw, dp), zero = _over_taps(step, plan, carry)
     if plan.centre_tap >= 0:
