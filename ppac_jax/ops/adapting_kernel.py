@@ -102,10 +102,8 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
     if mask is not None or normalize:
         pattern = _input_taps(jnp.ones((1, *in_size, 1), dtype), win)
         valid = pattern if mask is None else _input_taps(mask.astype(dtype), win)
-        if log_domain:
-            kern = _normalized_exp(kern, valid[..., None] if channel_wise else valid)
-        else:
-            kern = kern * (valid[..., None] if channel_wise else valid)
+        v = valid[..., None] if channel_wise else valid
+        kern = _normalized_exp(kern, v) if log_domain else kern * v
         if normalize and not log_domain:
             norm = jnp.sum(kern, axis=(3, 4), keepdims=True)
             kern = kern / (norm + (norm == 0).astype(dtype))
@@ -113,16 +111,12 @@ def pac_kernel(guide, kernel_size, *, stride=1, padding=0, dilation=1, output_pa
             ratio = valid_fraction(jnp.sum(valid, axis=(3, 4)), jnp.sum(pattern, axis=(3, 4)))
             ratio = jnp.broadcast_to(ratio, (batch, *out_size))
             if not normalize:
-                r = ratio[:, :, :, None, None]
-                r = r[..., None] if channel_wise else r
+                r = ratio[:, :, :, None, None, None] if channel_wise else ratio[..., None, None]
                 kern = kern / (r + (r == 0).astype(dtype))
             output_mask = (ratio != 0).astype(dtype)[..., None]
             if channel_wise:
                 output_mask = jnp.broadcast_to(output_mask, (batch, *out_size, depth))
-    kern = kern.astype(out_dtype)
-    if output_mask is not None:
-        output_mask = output_mask.astype(out_dtype)
-    return kern, output_mask
+    return kern.astype(out_dtype), (None if output_mask is None else output_mask.astype(out_dtype))
 
 
 def check_mask(mask, batch: int, win: geo.Window):
@@ -157,23 +151,17 @@ def _normalized_exp(log_kernel, valid):
 def centre_features(guide, guide_padded, win: geo.Window, smooth_kernel=None):
     """The centre feature f_i of every window: ``[B, Ho, Wo, D]``.
 
-    ``guide_padded`` is ``win.pad_guide(guide)``. With ``smooth_kernel`` (``[sh, sw]``, odd)
-    the centre is the guide cross-correlated with it (zero padding) at the window centre.
+    ``guide_padded`` is ``win.pad_guide(guide)``. With ``smooth_kernel`` (``[sh, sw]``, odd;
+    ``ValueError`` otherwise) the centre is the guide cross-correlated with it (zero padding)
+    at the window centre.
     """
     if smooth_kernel is None:
         return win.tap_slice(guide_padded, win.centre)
-    return _smoothed_centre(guide, jnp.asarray(smooth_kernel, guide.dtype), win)
-
-
-def _smoothed_centre(guide, smooth_kernel, win: geo.Window):
-    """Guide cross-correlated with ``smooth_kernel`` (zero padding) at the window centres.
-
-    guide ``[B, H, W, D]`` -> ``[B, Ho, Wo, D]``.
-    """
-    if smooth_kernel.ndim != 2 or smooth_kernel.shape[0] % 2 == 0 or smooth_kernel.shape[1] % 2 == 0:
-        raise ValueError(f"smooth_kernel must be a 2-D array of odd size [sh, sw], "
-                         f"got shape {smooth_kernel.shape}")
+    smooth_kernel = jnp.asarray(smooth_kernel, guide.dtype)
     sk = smooth_kernel.shape
+    if len(sk) != 2 or sk[0] % 2 == 0 or sk[1] % 2 == 0:
+        raise ValueError(f"smooth_kernel must be a 2-D array of odd size [sh, sw], "
+                         f"got shape {sk}")
     depth = guide.shape[-1]
     padded = geo.pad_spatial(guide, win.centre_filter_pads(sk, guide.shape[1:3]))
     rhs = jnp.broadcast_to(smooth_kernel[:, :, None, None], (*sk, 1, depth))
@@ -203,6 +191,7 @@ def _sliced_kernel(guide, win: geo.Window, smooth_kernel, spec: KernelSpec, para
     dist = jnp.stack(values, axis=3)
     dist = dist.reshape(guide.shape[0], *win.out_size, *win.kernel_size, *dist.shape[4:])
     return spec.value(dist, params, log=spec.log_domain)
+
 
 def _planar_kernel(guide, win: geo.Window, smooth_kernel, spec: KernelSpec, params, tiling):
     """``[B, Ho, Wo, kh, kw]`` kernel of summed feature distances (not channel-wise), from the

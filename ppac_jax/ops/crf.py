@@ -107,10 +107,6 @@ def make_term(kernel_size, *, dilation=1, blur=1, compat_type="4d",
                         bool(spatial_filter))
 
 
-# --------------------------------------------------------------------------------------------
-# edge features
-
-
 def position_features(shape, *, scales=None, batch: int = 1):
     """Pixel coordinates ``[y, x]`` divided by ``scales`` (the original ``create_position_feats``).
 
@@ -182,10 +178,6 @@ def _inverse_scales(scales, n, name):
     return 1 / scales
 
 
-# --------------------------------------------------------------------------------------------
-# blur: average pooling down, bilinear upsampling back
-
-
 def blur_padding(size: int, blur: int) -> int:
     """Symmetric padding of the blur pooling along an axis of length ``size``."""
     return ((blur - size % blur) % blur + 1) // 2
@@ -244,10 +236,6 @@ def blur_upsample(x, blur: int, out_size):
         crop = (blur_padding(out_size[a], blur), out_size[a])
         x = resize_axis(x, 1 + a, x.shape[1 + a] * blur, crop=crop)
     return x
-
-
-# --------------------------------------------------------------------------------------------
-# edge kernels and messages
 
 
 def _term_features(edge_features, terms):
@@ -324,8 +312,7 @@ def _message(q, taps, term: PairwiseTerm, params: TermParams):
 
 def _plain_conv(q, weight, *, dilation):
     """'same' convolution of ``q`` with an HWIO weight (the ``na`` messenger)."""
-    k = weight.shape[0]
-    pad = geo.same_padding(k, dilation)
+    pad = geo.same_padding(weight.shape[0], dilation)
     dtype = jnp.result_type(q, weight)
     return lax.conv_general_dilated(q.astype(dtype), weight.astype(dtype), (1, 1),
                                     [(pad, pad), (pad, pad)], rhs_dilation=(dilation, dilation),
@@ -497,9 +484,8 @@ def _check_inputs(unary, kernels, terms, params, untied, num_steps, unary_weight
             raise ValueError(f"params[{i}].compat must have shape {lead + (channels, channels)}, "
                              f"got {jnp.shape(p.compat)}")
         if term.has_edge_kernel:
-            size = (blur_size(height, term.blur), blur_size(width, term.blur))
             k = term.kernel_size
-            expected_k = (batch, *size, k, k)
+            expected_k = (batch, blur_size(height, term.blur), blur_size(width, term.blur), k, k)
             if kern is None or tuple(kern.shape) != expected_k:
                 raise ValueError(f"edge kernel {i} must have shape {expected_k}, got "
                                  f"{getattr(kern, 'shape', None)}")

@@ -92,8 +92,6 @@ def fused_pac_conv_transpose2d(x, guide, weight, bias=None, *, stride=1, padding
     Returns:
       ``y [B, Ho, Wo, Cout]``, or ``(y, output_mask)`` when ``mask`` is given (as in
       :func:`fused_pac_conv2d`).
-
-    A normalised gaussian kernel is computed in a stable form, as in :func:`fused_pac_conv2d`.
     """
     geo.check_rank(x, 4, "x", "B, h, w, Cin")
     k = _check_weight(weight, x.shape[-1], shared_filters)
@@ -200,9 +198,6 @@ def _one_pass_ratio(stacked, stacked_pad, guide, weight, weight_norm, bias, win,
     return _divide(y[..., :out], y[..., out:], bias)
 
 
-# --------------------------------------------------------------------------------------------
-
-
 def _spec(guide, kernel_type, asym, inv_alpha, inv_lambda, normalize, channel_wise=False):
     """``(KernelSpec, params)`` for ``guide`` (checked to be rank 4)."""
     geo.check_rank(guide, 4, "guide", "B, H, W, D")
@@ -258,8 +253,13 @@ def _fused(x, guide, win: geo.Window, weight, bias, shared_filters, spec_params,
                          centre_tap=-1 if centre is not None else win.centre_tap)
     ph = lambda a: geo.phase_split(a, win.tap_stride)
     if spec.log_domain:
-        centre, plan = _shift_kernel(guide, guide_padded, centre, ph(guide_padded), ph(valid),
-                                     win, plan)
+        # Stable normalised gaussian: the exponent shifted by its maximum over the valid taps
+        # (tap_loop.window_min_distance), carried as the centre's last channel.
+        if centre is None:
+            centre = centre_features(guide, guide_padded, win)
+        shift = tap_loop.window_min_distance(ph(guide_padded), ph(valid), centre, plan)
+        centre = jnp.concatenate([centre, lax.stop_gradient(shift)[..., None]], axis=-1)
+        plan = plan._replace(shifted=True, centre_tap=-1)
     if x_pad is None and win.tap_stride == (1, 1) and not win.transposed:
         # x, the guide and the validity share one zero padding: the loop pads them itself,
         # inside its custom VJP (tap_loop.Plan.pads, leaner backward).
@@ -276,12 +276,11 @@ def _fused(x, guide, win: geo.Window, weight, bias, shared_filters, spec_params,
                                None if valid_src is None else ph(valid_src), centre,
                                w.astype(dtype), tuple(jnp.asarray(q, dtype) for q in params), plan,
                                tiling)
-    y = u
     if normalize:
-        y = y / (n + (n == 0).astype(dtype))
+        u = u / (n + (n == 0).astype(dtype))
     elif ratio is not None:
-        y = y / (ratio + (ratio == 0).astype(dtype))
-    y = _add_bias(y.astype(out_dtype), bias)
+        u = u / (ratio + (ratio == 0).astype(dtype))
+    y = _add_bias(u.astype(out_dtype), bias)
     if mask is None:
         return y
     output_mask = jnp.broadcast_to((ratio != 0).astype(dtype), (batch, *win.out_size, 1))
@@ -313,17 +312,6 @@ def _per_channel(x, guide, win, weight, bias, shared_filters, spec_params, smoot
     y = jnp.moveaxis(y[..., 0], 0, -1) if shared_filters else jnp.sum(y, axis=0)
     y = _add_bias(y, bias)
     return y if mask is None else (y, jnp.moveaxis(out_mask[..., 0], 0, -1))
-
-
-def _shift_kernel(guide, guide_padded, centre, guide_ph, valid_ph, win, plan):
-    """``(centre with a last channel m, plan)`` for a stable normalised gaussian: the exponent
-    is shifted by its maximum over the valid taps (tap_loop.window_min_distance). The centre
-    then comes as an array (one ``[B, Ho, Wo, D + 1]`` buffer)."""
-    if centre is None:
-        centre = centre_features(guide, guide_padded, win)
-    shift = tap_loop.window_min_distance(guide_ph, valid_ph, centre, plan)
-    centre = jnp.concatenate([centre, lax.stop_gradient(shift)[..., None]], axis=-1)
-    return centre, plan._replace(shifted=True, centre_tap=-1)
 
 
 def _window_count(padded, win: geo.Window):

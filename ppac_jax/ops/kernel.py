@@ -1,9 +1,7 @@
 """The adapting kernel's description and formulas: K(f_i, f_j) of pixel-adaptive convolution.
 
-:class:`KernelSpec` (built and validated by :func:`kernel_spec`) says which kernel; its
-:meth:`~KernelSpec.distance` and :meth:`~KernelSpec.value` are the only place the formulas are
-written. The loops that evaluate them over windows are in :mod:`ppac_jax.ops.tap_loop`; the
-op that writes the kernel out is :func:`ppac_jax.ops.pac_kernel`.
+:class:`KernelSpec` (built and validated by :func:`kernel_spec`) is the only place the formulas
+are written; the loops that evaluate them over windows are in :mod:`ppac_jax.ops.tap_loop`.
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ _LOG_GAUSSIAN = "log_gaussian"
 _INV_EPS = 1e-4
 # Floor of a shifted distance: exp(-_SHIFT_FLOOR / 2) = e^50 stays finite in float32.
 _SHIFT_FLOOR = -100.0
+
 
 def compute_dtype(*arrays):
     """float32 for half-precision inputs, otherwise the inputs' (promoted) float type."""
@@ -99,8 +98,8 @@ def tap_distance(features, centre, *, asym=False, channel_wise=False):
 
 
 def kernel_from_distance(dist, kernel_type, inv_alpha=None, inv_lambda=None):
-    """Kernel value from a squared distance (any shape): ``exp(-x / 2)`` or
-    ``inv_alpha + (x + 1e-4) ** (inv_lambda / 2)`` (internally also the gaussian's exponent)."""
+    """Kernel value (the formulas of :class:`KernelSpec`; internally also the gaussian's
+    exponent) from a squared distance of any shape."""
     if kernel_type == "gaussian":
         return jnp.exp(-0.5 * dist)
     if kernel_type == _LOG_GAUSSIAN:

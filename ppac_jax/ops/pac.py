@@ -136,10 +136,6 @@ def pac_pool2d(x, kernel, *, kernel_size, stride=1, padding=0, dilation=1, impl=
                             impl, tiling)
 
 
-# --------------------------------------------------------------------------------------------
-# validation helpers
-
-
 def _check_weight(weight, in_channels, shared_filters):
     geo.check_rank(weight, 4, "weight", "kh, kw, Cin, Cout")
     k = geo.check_kernel_size(weight.shape[:2], "weight kernel size (weight.shape[:2])")
@@ -169,12 +165,9 @@ def _add_bias(y, bias):
     if bias is None:
         return y
     if getattr(bias, "shape", None) != (y.shape[-1],):
-        raise ValueError(f"bias must have shape ({y.shape[-1]},), got {getattr(bias, 'shape', None)}")
+        raise ValueError(f"bias must have shape ({y.shape[-1]},), got "
+                         f"{getattr(bias, 'shape', None)}")
     return y + bias.astype(y.dtype)
-
-
-# --------------------------------------------------------------------------------------------
-# the windowed product
 
 
 def windowed_product(x_pad, kernel, weight, g: _Product, impl: str = "auto",

@@ -1,8 +1,6 @@
 """Bilinear resampling and ceil-mode max pooling with PyTorch's conventions (NHWC).
 
-Used by the joint-upsampling networks (guide down-scaling, the ``Bilinear`` baseline,
-``apply_model``), FCN-8s (ceil-mode pooling) and the segmentation baselines (logits upsampled
-to full resolution). SPEC_wave2.md, introduction ("Bilinear resampling").
+SPEC_wave2.md, introduction ("Bilinear resampling").
 """
 
 from __future__ import annotations

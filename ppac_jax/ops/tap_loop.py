@@ -124,11 +124,6 @@ def window_kernel(guide_ph, centre, params, plan: Plan, tiling: Tiling):
     return kern
 
 
-def _out_axis(plan: Plan) -> int:
-    """The output rows' axis: 1 of ``[B, Ho, Wo(, C)]``, or 2 of a written-out kernel."""
-    return 2 if plan.kernel_out else 1
-
-
 def _strips(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
     """:func:`window_sum` in the plan's layout, output rows in strips of ``plan.rows``."""
     out_h = plan.window.out_size[0]
@@ -144,19 +139,6 @@ def _strips(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
         x_ph, v_ph = tree_map(pad, x_ph), tree_map(pad, v_ph)
         ksrc = tree_map(pad, ksrc) if plan.fused else ksrc
     return _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan)
-
-
-def _fresh_rows(cotangent, strip, start, plan: Plan):
-    """The cotangent rows of a strip (on :func:`_out_axis`) with the rows an earlier strip
-    already covered (the moved-up last strip's overlap) zeroed."""
-    keep = geo.strip_fresh_rows(strip, start, plan.rows)
-    axis = _out_axis(plan)
-
-    def fresh(a):
-        shape = [1] * a.ndim
-        shape[axis] = -1
-        return jnp.where(keep.reshape(shape), a, jnp.zeros((), a.dtype))
-    return tree_map(fresh, cotangent)
 
 
 def _rows(tree, axis, start, size):
@@ -308,12 +290,10 @@ def window_min_distance(guide_ph, v_ph, centre, plan: Plan):
     ``[sh, sw, B or 1, Hq, Wq, 1]`` of a map that is > 0 where a tap counts, or ``None`` (all
     count); ``centre``: ``[B, Ho, Wo, D]``. 0 for a window where no tap counts.
 
-    A normalised gaussian kernel ``K_t / sum_t K_t`` is unchanged when every ``K_t`` of a
-    window is multiplied by the same factor; with ``plan.shifted`` the window sums use
-    ``exp(-(d_t - m) / 2)`` with this minimum ``m`` (the exponent shifted by its window
-    maximum), whose largest counted tap is 1, so float32 neither underflows the sum nor squares
-    a tiny sum in the gradient. One extra loop over the taps of the guide only (no input
-    channels, no gradient).
+    With ``plan.shifted`` the window sums use ``exp(-(d_t - m) / 2)``, this minimum ``m`` (a
+    normalised gaussian does not change): the largest counted tap is 1, so float32 neither
+    underflows the sum nor squares a tiny sum in the gradient. One extra loop over the guide's
+    taps only (no input channels, no gradient).
     """
     plan = plan._replace(planar=False, rows=0)
     guide_ph, centre = lax.stop_gradient(guide_ph), lax.stop_gradient(centre)
@@ -384,7 +364,7 @@ def _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
         du, dn = _taps_forward(*sources, weight, params, inner, row0)
         u, n = carry
         # Written, not added: the moved-up last strip rewrites its overlap with equal values.
-        return (_rows_add(u, du, _out_axis(plan), start, add=False),
+        return (_rows_add(u, du, 2 if plan.kernel_out else 1, start, add=False),
                 None if n is None else _rows_add(n, dn, 1, start, add=False))
 
     return lax.fori_loop(0, plan.window.strip_count(plan.rows), body,
@@ -519,8 +499,14 @@ def _step_cotangents(cotangents, plan: Plan, strip=None, start=0):
     strip. A sum's step gets the strip's cotangent; a written-out kernel's step only its taps'
     block, sliced straight from the full cotangent (no strip-sized copy of it)."""
     rows = plan.rows if strip is not None else plan.window.out_size[0]
-    fresh = (lambda ct: ct) if strip is None else (
-        lambda ct: _fresh_rows(ct, strip, start, plan))
+    axis = 2 if plan.kernel_out else 1          # the output rows' axis
+
+    def fresh(ct):
+        if strip is None:
+            return ct
+        keep = geo.strip_fresh_rows(strip, start, rows)
+        at = lambda a: keep.reshape([-1 if i == axis else 1 for i in range(a.ndim)])
+        return tree_map(lambda a: jnp.where(at(a), a, jnp.zeros((), a.dtype)), ct)
     if plan.kernel_out:
         def block(a, t0, size):
             zero = jnp.zeros((), jnp.int32)
