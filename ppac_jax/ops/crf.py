@@ -400,9 +400,8 @@ def mean_field(unary, kernels, terms: Sequence[PairwiseTerm], params, unary_weig
     log_q = unary if log_q is None else log_q
     if log_q.shape != unary.shape:
         raise ValueError(f"log_q must have the unary's shape {unary.shape}, got {log_q.shape}")
-    leaves = [unary, log_q] + [k for k in kernels if k is not None] + jax.tree.leaves(params) \
-        + [unary_weight]
-    dtype = compute_dtype(*leaves)  # half-precision inputs iterate in float32
+    # half-precision inputs iterate in float32
+    dtype = compute_dtype(unary, log_q, unary_weight, *jax.tree.leaves((kernels, params)))
     log_q = log_q.astype(dtype)
     if num_steps == 0:
         return log_q

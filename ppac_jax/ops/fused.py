@@ -294,7 +294,6 @@ def _per_channel(x, guide, win, weight, bias, shared_filters, spec_params, smoot
     channel (``vmap``), summed over the channels for a dense weight."""
     spec, params = spec_params
     channels = x.shape[-1]
-    geo.check_rank(guide, 4, "guide", "B, H, W, D")
     if guide.shape[-1] != channels:
         raise ValueError(f"channel_wise=True needs one guide channel per x channel: guide has "
                          f"{guide.shape[-1]} channels, x {channels}")

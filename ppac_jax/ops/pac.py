@@ -192,14 +192,11 @@ def windowed_product(x_pad, kernel, weight, g: _Product, impl: str = "auto",
     dtype = compute_dtype(x_pad, kernel, weight)
     x_pad, kernel, weight = x_pad.astype(dtype), kernel.astype(dtype), weight.astype(dtype)
     if impl == "patches":
-        y = _patches_product(x_pad, kernel, weight, g)
-    else:
-        if tiling is None:
-            tiling = choose_tiling("sum", batch=x_pad.shape[0], out_size=g.window.out_size,
-                                   channels=x_pad.shape[-1], itemsize=dtype.itemsize,
-                                   dense=g.dense)
-        y = _loop_product(x_pad, kernel, weight, g, tiling)
-    return y.astype(out_dtype)
+        return _patches_product(x_pad, kernel, weight, g).astype(out_dtype)
+    if tiling is None:
+        tiling = choose_tiling("sum", batch=x_pad.shape[0], out_size=g.window.out_size,
+                               channels=x_pad.shape[-1], itemsize=dtype.itemsize, dense=g.dense)
+    return _loop_product(x_pad, kernel, weight, g, tiling).astype(out_dtype)
 
 
 def _patches_product(x_pad, kernel, weight, g: _Product):

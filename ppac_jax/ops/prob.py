@@ -37,8 +37,7 @@ def prob_pac_conv2d(x, confidence, kernel, weight, weight_norm, bias=None, *, st
     _check_weight_norm(weight, weight_norm)
     options = dict(stride=stride, padding=padding, dilation=dilation, impl=impl, tiling=tiling)
     numerator = pac_conv2d(x * confidence, kernel, weight, shared_filters=shared_filters, **options)
-    denominator = pac_conv2d(confidence, kernel, _summed_exp(weight_norm),
-                             **options)
+    denominator = pac_conv2d(confidence, kernel, _summed_exp(weight_norm), **options)
     return _divide(numerator, denominator, bias)
 
 

@@ -195,9 +195,7 @@ def _padded_rows(tree, axis, start, size, *, plan: Plan):
             window = lax.dynamic_slice_in_dim(a, first, size, axis=3)
             strip = lax.dynamic_slice_in_dim(_row_pad(window, size), size + off - first, size,
                                              axis=3)
-        widths = [(0, 0)] * a.ndim
-        widths[4] = (left, right)
-        return jnp.pad(strip, widths)
+        return jnp.pad(strip, [(0, 0)] * 4 + [(left, right)] + [(0, 0)] * (a.ndim - 5))
     return tree_map(rows, tree)
 
 
@@ -405,12 +403,7 @@ def _padded_sources(x_ph, ksrc, v_ph, plan: Plan):
     """The sources zero padded by ``plan.pads`` (unchanged without)."""
     if not plan.pads:
         return x_ph, ksrc, v_ph
-    (top, bottom), (left, right) = plan.pads
-
-    def pad(a):
-        widths = [(0, 0)] * a.ndim
-        widths[3], widths[4] = (top, bottom), (left, right)
-        return jnp.pad(a, widths)
+    pad = lambda a: jnp.pad(a, [(0, 0)] * 3 + list(plan.pads) + [(0, 0)] * (a.ndim - 5))
     return tree_map(pad, x_ph), (tree_map(pad, ksrc) if plan.fused else ksrc), tree_map(pad, v_ph)
 
 
