@@ -28,7 +28,7 @@ def as_pair(value: IntOrPair, name: str) -> Pair:
     try:
         pair = tuple(int(v) for v in value)  # type: ignore[union-attr]
     except TypeError:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+        pair = ()
     if len(pair) != 2:
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     return pair  # type: ignore[return-value]
