@@ -25,8 +25,8 @@ def _aval(x):
 
 
 class custom_vjp:  # named like the jax.custom_vjp it stands in for
-    """``jax.custom_vjp`` with the last argument non-differentiable (``nondiff_argnums=(-1,)``)
-    whose functions also support ``jax.jvp`` / ``linearize`` / ``jacfwd`` / ``hessian``.
+    """``jax.custom_vjp`` with the last argument in ``nondiff_argnums``, whose functions also
+    support ``jax.jvp`` / ``linearize`` / ``jacfwd`` / ``hessian``.
 
     ``fwd(*args) -> (out, residuals)`` and ``bwd(static, residuals, cotangent) -> gradients of
     the other arguments`` as for ``jax.custom_vjp``. The last argument must be hashable (it
