@@ -73,8 +73,8 @@ def parse_kernel_type(name: str) -> dict:
         if alpha is not None:
             return dict(kernel_type="inv", asym="asym" in parts[3:], fixed="fixed" in parts[3:],
                         inv_alpha=alpha, inv_lambda=lam)
-    raise ValueError(f'kernel_type must be "gaussian" or "inv_{{alpha}}_{{lambda}}[_asym][_fixed]", '
-                     f"got {name!r}")
+    raise ValueError(f'kernel_type must be "gaussian" or '
+                     f'"inv_{{alpha}}_{{lambda}}[_asym][_fixed]", got {name!r}')
 
 
 def _check_channels(value: int, name: str) -> int:

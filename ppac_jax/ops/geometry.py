@@ -56,11 +56,16 @@ def check_non_negative(value: IntOrPair, name: str) -> Pair:
     return v
 
 
-def _check_steps(stride, padding, dilation, output_padding):
-    """Validated ``(stride, padding, dilation, output_padding)`` pairs."""
-    return (check_positive(stride, "stride"), check_non_negative(padding, "padding"),
-            check_positive(dilation, "dilation"),
-            check_non_negative(output_padding, "output_padding"))
+def _check_steps(stride, padding, dilation, output_padding, transposed):
+    """Validated ``(stride, padding, dilation, output_padding)`` pairs; a transposed op's
+    ``output_padding`` must be smaller than ``stride`` or ``dilation`` (as in PyTorch)."""
+    s, d = check_positive(stride, "stride"), check_positive(dilation, "dilation")
+    p = check_non_negative(padding, "padding")
+    op = check_non_negative(output_padding, "output_padding")
+    if transposed and any(op[a] >= max(s[a], d[a]) for a in range(2)):
+        raise ValueError(f"output_padding must be smaller than stride or dilation, got "
+                         f"output_padding={op}, stride={s}, dilation={d}")
+    return s, p, d, op
 
 
 def check_rank(array, rank: int, name: str, layout: str) -> None:
@@ -94,11 +99,7 @@ def transposed_geometry(spatial: Sequence[int], k: Pair, stride: IntOrPair, padd
     ``spatial`` is the low-resolution input's ``(h, w)``; ``output_padding`` must be smaller
     than ``stride`` or ``dilation`` (as in PyTorch).
     """
-    s, p, d, op = _check_steps(stride, padding, dilation, output_padding)
-    for a in range(2):
-        if op[a] >= max(s[a], d[a]):
-            raise ValueError(f"output_padding must be smaller than stride or dilation, got "
-                             f"output_padding={op}, stride={s}, dilation={d}")
+    s, p, d, op = _check_steps(stride, padding, dilation, output_padding, True)
     out = tuple(transposed_output_size(spatial[a], k[a], s[a], p[a], op[a], d[a])
                 for a in range(2))
     if min(out) < 1:
@@ -244,7 +245,7 @@ def window(size: Sequence[int], kernel_size: IntOrPair, *, stride: IntOrPair = 1
         s, p, op, d, out = transposed_geometry(size, k, stride, padding, output_padding,
                                                dilation)
         return Window(k, s, p, d, op, True, size, out)
-    s, p, d, op = _check_steps(stride, padding, dilation, output_padding)
+    s, p, d, op = _check_steps(stride, padding, dilation, output_padding, transposed)
     if not transposed:
         out = tuple(conv_output_size(size[a], k[a], s[a], p[a], d[a]) for a in range(2))
         if min(out) < 1:

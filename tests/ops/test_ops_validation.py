@@ -29,6 +29,8 @@ W = jnp.zeros((3, 3, 3, 4))
     (lambda: ops.pac_kernel(G, 3, smooth_kernel=jnp.ones((2, 2))), "smooth_kernel"),
     (lambda: ops.pac_kernel(jnp.zeros((1, 9, 8, 2)), 3, stride=2, padding=1, output_padding=1,
                             transposed=True), "guide spatial size"),
+    (lambda: ops.pac_kernel(jnp.zeros((1, 9, 9, 2)), 3, stride=2, padding=1, output_padding=2,
+                            transposed=True), "output_padding must be smaller"),
     (lambda: ops.pac_conv2d(X, K3, jnp.zeros((4, 4, 3, 4)), padding=1), "kernel size"),
     (lambda: ops.pac_conv2d(X, K3, jnp.zeros((3, 3, 2, 4)), padding=1), "weight input channels"),
     (lambda: ops.pac_conv2d(X, K3, jnp.zeros((3, 3, 2, 2)), padding=1, shared_filters=True),
