@@ -18,6 +18,9 @@ import pytest
 from flax import nnx
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# jax.jit compiler options of a test program whose run, not its compilation, dominates: XLA's
+# default optimisation level instead of the test workers' level 0 (tests/conftest.py).
+OPTIMIZED = {"xla_backend_optimization_level": 3}
 
 
 def shared_dir() -> pathlib.Path | None:
@@ -120,12 +123,13 @@ def assert_close(actual, expected, *, rtol=1e-9, atol=1e-11, name=""):
 
 
 @functools.lru_cache(maxsize=None)
-def module_vjp_runner(graphdef):
+def module_vjp_runner(graphdef, *, optimized=False):
     """Jitted ``run(params, rest, inputs, cot) -> (out, d_params, d_inputs)`` for an NNX module.
 
-    One compiled function per module structure, shared by every case that uses it.
+    One compiled function per module structure, shared by every case that uses it;
+    ``optimized``: compiled with :data:`OPTIMIZED`.
     """
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=OPTIMIZED if optimized else None)
     def run(params, rest, inputs, cot):
         def f(params, inputs):
             return nnx.merge(graphdef, params, rest)(*inputs)

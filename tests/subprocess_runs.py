@@ -17,12 +17,9 @@ OPTIMIZATION_FLAG = "--xla_backend_optimization_level"
 
 def xla_flags(devices=None, *, default_optimization=False):
     """XLA_FLAGS of a subprocess (an experiment or notebook run): the caller's flags,
-    ``devices`` simulated CPU devices (default: XLA's one) and LLVM optimisation level 0.
-
-    Level 0 only here: compiling dominates these short runs (about a quarter less CPU per run),
-    while in the test workers it slows the larger golden networks' runs far more than it saves
-    (ppacnet segmentation golden, float64: 5 s -> 50 s). ``default_optimization``: XLA's
-    default level.
+    ``devices`` simulated CPU devices (default: XLA's one) and LLVM optimisation level 0, as in
+    the test workers (tests/conftest.py: compiling dominates these short runs).
+    ``default_optimization``: XLA's default level.
     """
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
              if not f.startswith((DEVICE_COUNT_FLAG, OPTIMIZATION_FLAG))]
