@@ -313,7 +313,9 @@ def test_fused_golden(name):
     (3, 2, 1, 2, True, False, True, 37),
     # stride 1 pads inside the loop: halo (16 rows) wider than a strip (8 rows) ...
     (5, 1, 8, 4, False, False, True, 37),
-    # ... and a strip with its halo (8 + 12 rows) taller than the image (17 rows)
+    # ... and a strip with its halo (8 + 12 rows) taller than the image (17 rows); per-channel
+    # sums on planes read pre-padded sources instead
+    (5, 1, 6, 3, False, True, False, 17),
     (5, 1, 6, 3, True, True, False, 17),
 ])
 def test_fused_row_strips_match_two_step(case):
