@@ -268,7 +268,7 @@ def _fused(x, guide, win: geo.Window, weight, bias, shared_filters, spec_params,
     if x_pad is None and win.tap_stride == (1, 1) and not win.transposed and not planes:
         # x, the guide and the validity share one zero padding: the loop pads them itself,
         # inside its custom VJP (tap_loop.Plan.pads, leaner backward). Not on planes: padding
-        # each plane of each strip made the PPAC products ~10 % slower for no memory saved.
+        # each plane of each strip measured slower, for no memory saved (RESULTS.md, session 8).
         x_src, guide_src, valid_src = x, guide, None if valid is None else valid_map
         plan = plan._replace(pads=tuple(win.input_pads))
     else:
