@@ -23,15 +23,17 @@ Pair = Tuple[int, int]
 
 def as_pair(value: IntOrPair, name: str) -> Pair:
     """Return ``value`` as a pair of Python ints, raising ``ValueError`` naming ``name``."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    integral = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    if integral(value):
         return (int(value), int(value))
+    # No int() of each item: it would read "12" as (1, 2) and truncate 1.5 to 1.
     try:
-        pair = tuple(int(v) for v in value)  # type: ignore[union-attr]
+        items = () if isinstance(value, (str, bytes)) else tuple(value)  # type: ignore
     except TypeError:
-        pair = ()
-    if len(pair) != 2:
+        items = ()
+    if len(items) != 2 or not all(integral(v) for v in items):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return pair  # type: ignore[return-value]
+    return (int(items[0]), int(items[1]))
 
 
 def check_kernel_size(kernel_size: IntOrPair, name: str = "kernel_size") -> Pair:
