@@ -13,7 +13,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # XLA's LLVM optimisation level 0: compiling, not running, is most of nearly every test's time
 # (about a third less suite time); the few tests whose programs run long opt back in per jit
-# (tests.golden.OPTIMIZED). A caller's own level wins.
+# (tests.golden.OPTIMIZED). A caller's own level wins here; experiment and notebook runs in a
+# subprocess set theirs (tests/subprocess_runs.py).
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = " ".join(
         [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
