@@ -67,6 +67,11 @@ class Plan(NamedTuple):
     # [B, H, W, C] input (stride 1) is then saved by the custom VJP as is, not reshaped.
     direct: bool = False
 
+    @property
+    def out_axis(self) -> int:
+        """The output rows' axis: 1 of ``[B, Ho, Wo(, C)]``, 2 of a written-out kernel."""
+        return 2 if self.kernel_out else 1
+
 
 def _planes(a):
     """``a`` split along its last (channel) axis into a tuple of planes (``None`` stays)."""
@@ -213,7 +218,7 @@ def _window(src, t, plan: Plan, row0=0):
     index = _tap_index(t, plan, row0)
     size = lambda a: (1, 1, a.shape[2], *plan.window.out_size, *a.shape[5:])
     return tree_map(lambda a: lax.dynamic_slice(a, index, size(a), allow_negative_indices=False)
-                [0, 0], src)
+                    [0, 0], src)
 
 
 def _window_add(acc, update, t, plan: Plan, row0=0):
@@ -362,7 +367,7 @@ def _window_sum(x_ph, ksrc, v_ph, centre, weight, params, plan: Plan):
         du, dn = _taps_forward(*sources, weight, params, inner, row0)
         u, n = carry
         # Written, not added: the moved-up last strip rewrites its overlap with equal values.
-        return (_rows_add(u, du, 2 if plan.kernel_out else 1, start, add=False),
+        return (_rows_add(u, du, plan.out_axis, start, add=False),
                 None if n is None else _rows_add(n, dn, 1, start, add=False))
 
     return lax.fori_loop(0, plan.window.strip_count(plan.rows), body,
@@ -481,8 +486,8 @@ def _window_sum_bwd(plan, residuals, cotangents):
     if plan.direct and plan.pads:
         (top, _), (left, _) = plan.pads
         dx = tree_map(lambda a, x: lax.slice(a, (0, 0, 0, top, left, 0),
-                                         (*a.shape[:3], top + x.shape[3], left + x.shape[4],
-                                          a.shape[5])), dx, x_in)
+                                             (*a.shape[:3], top + x.shape[3], left + x.shape[4],
+                                              a.shape[5])), dx, x_in)
     return dx, dk, dv, dc, dw, dp
 
 
@@ -492,14 +497,14 @@ def _step_cotangents(cotangents, plan: Plan, strip=None, start=0):
     strip. A sum's step gets the strip's cotangent; a written-out kernel's step only its taps'
     block, sliced straight from the full cotangent (no strip-sized copy of it)."""
     rows = plan.rows if strip is not None else plan.window.out_size[0]
-    axis = 2 if plan.kernel_out else 1          # the output rows' axis
 
     def fresh(ct):
         if strip is None:
             return ct
         keep = geo.strip_fresh_rows(strip, start, rows)
-        at = lambda a: keep.reshape([-1 if i == axis else 1 for i in range(a.ndim)])
+        at = lambda a: keep.reshape([-1 if i == plan.out_axis else 1 for i in range(a.ndim)])
         return tree_map(lambda a: jnp.where(at(a), a, jnp.zeros((), a.dtype)), ct)
+
     if plan.kernel_out:
         def block(a, t0, size):
             zero = jnp.zeros((), jnp.int32)
