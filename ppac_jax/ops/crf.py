@@ -95,11 +95,10 @@ class TermParams(NamedTuple):
 def make_term(kernel_size, *, dilation=1, blur=1, compat_type="4d",
               spatial_filter=True) -> PairwiseTerm:
     """Validated :class:`PairwiseTerm` (raises ``ValueError`` naming the bad argument)."""
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, (int, np.integer)) \
-            or kernel_size < 1 or kernel_size % 2 == 0:
+    if not geo.is_int(kernel_size) or kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be an odd positive int, got {kernel_size!r}")
     for name, value in (("dilation", dilation), ("blur", blur)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        if not geo.is_int(value) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if compat_type not in COMPAT_TYPES:
         raise ValueError(f"compat_type must be one of {COMPAT_TYPES}, got {compat_type!r}")
@@ -463,7 +462,7 @@ def pac_crf(unary, edge_features, terms: Sequence[PairwiseTerm], params, unary_w
 
 def _check_inputs(unary, kernels, terms, params, untied, num_steps, unary_weight):
     geo.check_rank(unary, 4, "unary", "B, H, W, C")
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
+    if not geo.is_int(num_steps) or num_steps < 0:
         raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
     if not (len(terms) == len(kernels) == len(params)):
         raise ValueError(f"terms ({len(terms)}), kernels ({len(kernels)}) and params "

@@ -21,17 +21,21 @@ IntOrPair = Union[int, Sequence[int]]
 Pair = Tuple[int, int]
 
 
+def is_int(value) -> bool:
+    """A Python or NumPy integer, not a bool (the ops' test of integer arguments)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def as_pair(value: IntOrPair, name: str) -> Pair:
     """Return ``value`` as a pair of Python ints, raising ``ValueError`` naming ``name``."""
-    integral = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)
-    if integral(value):
+    if is_int(value):
         return (int(value), int(value))
     # No int() of each item: it would read "12" as (1, 2) and truncate 1.5 to 1.
     try:
         items = () if isinstance(value, (str, bytes)) else tuple(value)  # type: ignore
     except TypeError:
         items = ()
-    if len(items) != 2 or not all(integral(v) for v in items):
+    if len(items) != 2 or not all(is_int(v) for v in items):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     return (int(items[0]), int(items[1]))
 

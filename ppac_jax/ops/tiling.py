@@ -11,6 +11,8 @@ from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from ppac_jax.ops.geometry import is_int
+
 
 class Tiling(NamedTuple):
     """Static loop layout of one op.
@@ -57,9 +59,8 @@ def check_tiling(tiling):
     if tiling is None:
         return None
     counts = tiling[1:] if isinstance(tiling, Tiling) else ()
-    if not (isinstance(tiling, Tiling) and isinstance(tiling.planar, (bool, np.bool_)) and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0
-            for v in counts)):
+    if not (isinstance(tiling, Tiling) and isinstance(tiling.planar, (bool, np.bool_))
+            and all(is_int(v) and v >= 0 for v in counts)):
         raise ValueError(f"tiling must be None or a ppac_jax.ops.tiling.Tiling(planar: bool, "
                          f"rows, group, backward_group: ints >= 0), a static value (under "
                          f"jax.jit close over it or mark it static), got {tiling!r}")
